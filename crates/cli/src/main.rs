@@ -1,0 +1,73 @@
+//! `unbroken`: the command-line face of the gateway.
+//!
+//! # Layout
+//! - `main.rs`: argument parsing and dispatch (this file); no logic of its own.
+//! - [`serve`]: `unbroken serve`, the gateway.
+//! - [`listen`]: `unbroken listen <url>`, a resumable SSE reader printing events.
+//! - [`simulate`]: `unbroken simulate`, the simulator as a standalone upstream.
+//!
+//! The commands are thin shells over the library crates, so tests drive the same code.
+// The CLI is the one place that talks to people on stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod listen;
+mod serve;
+mod simulate;
+
+/// unbroken: AI answers over Server-Sent Events that survive dropped connections.
+#[derive(Debug, Parser)]
+#[command(name = "unbroken", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(serve::Args),
+    /// Read a Server-Sent Events stream, resuming with Last-Event-ID when it drops.
+    Listen(listen::Args),
+    /// Serve synthetic answers as an OpenAI-compatible server, for load and fault tests
+    /// (not a model).
+    Simulate(simulate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNBROKEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("unbroken: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Listen(args) => listen::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("unbroken: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

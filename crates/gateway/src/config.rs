@@ -1,0 +1,551 @@
+//! Configuration: a serde struct loaded from TOML plus `UNBROKEN__SECTION__KEY`
+//! environment variables, validated at start-up with errors that name the offending key.
+//!
+//! Environment variables override scalars of the file: `UNBROKEN__SERVER__LISTEN=…` sets
+//! `server.listen`. Values parse as TOML scalars (numbers, booleans) and fall back to
+//! strings. Lists (`[[models]]`) are set in the file only. Secrets never live here: an
+//! upstream key is named by `api_key_env`, and API keys are stored as SHA-256 hashes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration was refused. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not fit the schema.
+    #[error("{0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted path of the key, e.g. `models[1].targets[0].base_url`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[[models]]`.
+    pub models: Vec<ModelConfig>,
+}
+
+/// `[server]`: the listener and stream behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (413 past it). Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// A heartbeat comment is sent on idle streams this often. Default 15 s.
+    pub heartbeat_interval_ms: u64,
+    /// The `retry:` field sent at the start of every stream. Default 1000 ms.
+    pub retry_ms: u64,
+    /// A generation with no reader attached for this long is cancelled. Default 60 s.
+    pub reader_grace_ms: u64,
+    /// On shutdown, writers get this long to finish. Default 10 s.
+    pub shutdown_grace_ms: u64,
+    /// Allow listening on a non-loopback address with no API keys configured.
+    pub allow_unauthenticated: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+            heartbeat_interval_ms: 15_000,
+            retry_ms: 1_000,
+            reader_grace_ms: 60_000,
+            shutdown_grace_ms: 10_000,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `heartbeat_interval_ms` as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    /// `reader_grace_ms` as a duration.
+    pub fn reader_grace(&self) -> Duration {
+        Duration::from_millis(self.reader_grace_ms)
+    }
+    /// `shutdown_grace_ms` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Which stream log backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In memory: fast, lost on restart.
+    Memory,
+    /// SQLite file: durable, one node.
+    Sqlite,
+}
+
+/// `[store]`: the stream log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` or `sqlite` (default).
+    pub kind: StoreKind,
+    /// The SQLite file. Default `data/unbroken.db`.
+    pub path: PathBuf,
+    /// How long a stream is kept after it ends, in seconds. Default 24 h.
+    pub stream_ttl_s: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sqlite,
+            path: PathBuf::from("data/unbroken.db"),
+            stream_ttl_s: 24 * 60 * 60,
+        }
+    }
+}
+
+/// `[auth]`: API keys, as SHA-256 hashes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `[[auth.keys]]`.
+    pub keys: Vec<ApiKeyConfig>,
+    /// A file with one `principal sha256hex` pair per line (`#` comments allowed).
+    pub keys_file: Option<PathBuf>,
+}
+
+/// One API key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who the key belongs to: streams are bound to this name.
+    pub principal: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+}
+
+/// `[[models]]`: a model name clients use, and where it is served from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name in requests and in `/v1/models`.
+    pub name: String,
+    /// Targets in order of preference: later ones are fallbacks.
+    pub targets: Vec<TargetConfig>,
+}
+
+/// Which adapter a target uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any Chat Completions-compatible server.
+    Openai,
+    /// Synthetic answers for load and fault tests.
+    Simulator,
+}
+
+/// One upstream target of a model. Provider-specific keys are checked against
+/// `provider` at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The adapter.
+    pub provider: ProviderKind,
+
+    // --- limits and resilience, every provider ---
+    /// Requests in flight at once; more wait in a FIFO queue. Default 64.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    /// How long a request may wait in the queue (then 429). Default 30 s.
+    #[serde(default = "defaults::queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+    /// Time allowed to connect and get response headers. Default 10 s.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed from the request to the first token. Default 60 s.
+    #[serde(default = "defaults::first_token_timeout_ms")]
+    pub first_token_timeout_ms: u64,
+    /// Time allowed between two tokens. Default 60 s.
+    #[serde(default = "defaults::between_token_timeout_ms")]
+    pub between_token_timeout_ms: u64,
+    /// Retries of a retryable failure before the first token. Default 2.
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    /// Backoff base for those retries. Default 200 ms (full jitter, factor 2, max 5 s).
+    #[serde(default = "defaults::retry_base_ms")]
+    pub retry_base_ms: u64,
+
+    // --- openai ---
+    /// Upstream base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// The environment variable holding the upstream API key.
+    pub api_key_env: Option<String>,
+    /// The upstream's model name (default: the gateway's model name).
+    pub model: Option<String>,
+    /// Extra headers sent upstream.
+    #[serde(default)]
+    pub extra_headers: std::collections::BTreeMap<String, String>,
+    /// The upstream continues a partial answer given as a final assistant message.
+    pub supports_prefill: Option<bool>,
+
+    // --- simulator ---
+    /// Tokens per answer.
+    pub tokens: Option<u32>,
+    /// Delay before the first token.
+    pub ttft_ms: Option<u64>,
+    /// Delay between tokens.
+    pub interval_ms: Option<u64>,
+    /// Seed of the synthetic text.
+    pub seed: Option<u64>,
+    /// Break the stream after this many tokens.
+    pub fail_after: Option<u32>,
+    /// Answer with this HTTP status instead …
+    pub error_status: Option<u16>,
+    /// … with this probability (default 1) …
+    pub error_probability: Option<f64>,
+    /// … for only the first N requests.
+    pub error_times: Option<u32>,
+    /// `Retry-After` seconds on those errors.
+    pub retry_after_s: Option<u64>,
+}
+
+mod defaults {
+    pub fn max_concurrency() -> usize {
+        64
+    }
+    pub fn queue_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn first_token_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn between_token_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn max_retries() -> u32 {
+        2
+    }
+    pub fn retry_base_ms() -> u64 {
+        200
+    }
+}
+
+impl Config {
+    /// Load `path` (if given) and apply `UNBROKEN__*` variables from `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or key at fault.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("config: {e}")))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("UNBROKEN__") else {
+                continue;
+            };
+            let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut table, &keys, parse_scalar(&value))
+                .map_err(|message| invalid(format!("environment {name}"), message))?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values the types alone cannot.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be more than 0"));
+        }
+        if self.server.heartbeat_interval_ms == 0 {
+            return Err(invalid(
+                "server.heartbeat_interval_ms",
+                "must be more than 0",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (m, model) in self.models.iter().enumerate() {
+            let key = format!("models[{m}]");
+            if model.name.is_empty() {
+                return Err(invalid(format!("{key}.name"), "must not be empty"));
+            }
+            if !names.insert(model.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("model {:?} is configured twice", model.name),
+                ));
+            }
+            if model.targets.is_empty() {
+                return Err(invalid(
+                    format!("{key}.targets"),
+                    "needs at least one target",
+                ));
+            }
+            for (t, target) in model.targets.iter().enumerate() {
+                target.validate(&format!("{key}.targets[{t}]"))?;
+            }
+        }
+        for (k, api_key) in self.auth.keys.iter().enumerate() {
+            if api_key.principal.is_empty() {
+                return Err(invalid(
+                    format!("auth.keys[{k}].principal"),
+                    "must not be empty",
+                ));
+            }
+            if crate::auth::parse_sha256(&api_key.sha256).is_none() {
+                return Err(invalid(
+                    format!("auth.keys[{k}].sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TargetConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.max_concurrency == 0 {
+            return Err(invalid(
+                format!("{key}.max_concurrency"),
+                "must be more than 0",
+            ));
+        }
+        let openai_only = [
+            ("base_url", self.base_url.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("extra_headers", !self.extra_headers.is_empty()),
+            ("supports_prefill", self.supports_prefill.is_some()),
+        ];
+        let simulator_only = [
+            ("tokens", self.tokens.is_some()),
+            ("ttft_ms", self.ttft_ms.is_some()),
+            ("interval_ms", self.interval_ms.is_some()),
+            ("seed", self.seed.is_some()),
+            ("fail_after", self.fail_after.is_some()),
+            ("error_status", self.error_status.is_some()),
+            ("error_probability", self.error_probability.is_some()),
+            ("error_times", self.error_times.is_some()),
+            ("retry_after_s", self.retry_after_s.is_some()),
+        ];
+        let (foreign, provider) = match self.provider {
+            ProviderKind::Openai => (&simulator_only[..], "openai"),
+            ProviderKind::Simulator => (&openai_only[..], "simulator"),
+        };
+        if let Some((name, _)) = foreign.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                format!("{key}.{name}"),
+                format!("does not apply to provider = \"{provider}\""),
+            ));
+        }
+        match self.provider {
+            ProviderKind::Openai => {
+                let Some(base_url) = &self.base_url else {
+                    return Err(invalid(format!("{key}.base_url"), "is required for openai"));
+                };
+                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                    return Err(invalid(
+                        format!("{key}.base_url"),
+                        "must start with http:// or https://",
+                    ));
+                }
+            }
+            ProviderKind::Simulator => {
+                if let Some(p) = self.error_probability
+                    && !(0.0..=1.0).contains(&p)
+                {
+                    return Err(invalid(
+                        format!("{key}.error_probability"),
+                        "must be between 0 and 1",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"8080"` → integer, `"true"` → boolean, anything else → string.
+fn parse_scalar(value: &str) -> toml::Value {
+    if let Ok(int) = value.parse::<i64>() {
+        return toml::Value::Integer(int);
+    }
+    if let Ok(float) = value.parse::<f64>()
+        && value.contains('.')
+    {
+        return toml::Value::Float(float);
+    }
+    match value {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    match keys {
+        [] => Err("needs a key after UNBROKEN__".to_owned()),
+        [last] if !last.is_empty() => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] if !first.is_empty() && !rest.is_empty() => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+        _ => Err("empty key segment".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unbroken.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let config = load(
+            r#"
+            [server]
+            listen = "127.0.0.1:8080"
+            [store]
+            kind = "sqlite"
+            path = "data/unbroken.db"
+            [[models]]
+            name = "sim"
+            targets = [{ provider = "simulator", tokens = 64, ttft_ms = 50, interval_ms = 10 }]
+            [[models]]
+            name = "gpt-4.1"
+            targets = [{ provider = "openai", base_url = "https://api.openai.com/v1", api_key_env = "OPENAI_API_KEY", model = "gpt-4.1", max_concurrency = 10 }]
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.models.len(), 2);
+        assert_eq!(config.models[1].targets[0].max_concurrency, 10);
+        assert_eq!(config.store.kind, StoreKind::Sqlite);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let error = load("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("listen_port"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("UNBROKEN__SERVER__LISTEN", "127.0.0.1:9"),
+                ("UNBROKEN__SERVER__READER_GRACE_MS", "5"),
+                ("UNBROKEN__STORE__KIND", "memory"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 9);
+        assert_eq!(config.server.reader_grace_ms, 5);
+        assert_eq!(config.store.kind, StoreKind::Memory);
+    }
+
+    #[test]
+    fn provider_specific_keys_are_checked() {
+        let error = load(
+            "[[models]]\nname = \"m\"\ntargets = [{ provider = \"openai\", base_url = \"http://x\", tokens = 3 }]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "models[0].targets[0].tokens: does not apply to provider = \"openai\""
+        );
+        let error = load(
+            "[[models]]\nname = \"m\"\ntargets = [{ provider = \"openai\" }]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("models[0].targets[0].base_url"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_api_key_hashes_are_refused() {
+        let error = load("[[auth.keys]]\nprincipal = \"a\"\nsha256 = \"xyz\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("auth.keys[0].sha256"), "{error}");
+    }
+}

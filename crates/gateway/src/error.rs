@@ -1,0 +1,187 @@
+//! [`ApiError`]: every error a client sees, rendered in OpenAI's shape
+//! `{"error":{"message","type","code"}}` with the right status. Messages are ours: no
+//! internal error text or upstream body reaches a client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, …
+    pub kind: &'static str,
+    /// A stable code, e.g. `model_not_found`.
+    pub code: &'static str,
+    /// A sentence for people.
+    pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message,
+            retry_after: None,
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
+    }
+
+    /// 401: no or unknown API key.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+            "a valid API key is required: Authorization: Bearer <key>".into(),
+        )
+    }
+
+    /// 404: no such thing (or not yours — the two are not told apart).
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
+    }
+
+    /// 409: the request conflicts with the resource's state.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
+    }
+
+    /// 413: the body is over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 422: an idempotency key reused with a different body.
+    pub fn idempotency_mismatch() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body".into(),
+        )
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                code,
+                message.into(),
+            )
+        }
+    }
+
+    /// 500: something of ours failed; the details go to the log, not the client.
+    pub fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "the gateway failed to handle the request; it has been logged".into(),
+        )
+    }
+
+    /// 503: the gateway is shutting down or its store is unreachable.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "unavailable",
+            message.into(),
+        )
+    }
+
+    /// An upstream failure before the first token, after retries and fallback.
+    pub fn upstream(error: &providers::ProviderError) -> Self {
+        let status = StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limit_error"
+        } else if status == StatusCode::BAD_REQUEST {
+            "invalid_request_error"
+        } else {
+            "upstream_error"
+        };
+        Self {
+            retry_after: error.retry_after().map(|d| d.as_secs().max(1)),
+            ..Self::new(status, kind, error.code(), error.to_string())
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": { "message": self.message, "type": self.kind, "code": self.code }
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<streamlog::LogError> for ApiError {
+    fn from(error: streamlog::LogError) -> Self {
+        match error {
+            streamlog::LogError::NotFound(_) => {
+                ApiError::not_found("stream_not_found", "no such stream")
+            }
+            other => ApiError::internal("stream log", &other),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The body of every SSE response: a reader cursor rendered on demand.
+//!
+//! hyper pulls the body; each pull takes the records the cursor has ready (up to a batch)
+//! and renders them into one buffer, so a reader that cannot keep up simply stops pulling
+//! and later re-reads from the log — nothing queues for it. Idle streams get a heartbeat
+//! comment every `heartbeat_interval`; shutdown ends every body cleanly, so clients
+//! reconnect (elsewhere) with their `Last-Event-ID`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt, stream};
+use streamlog::{RecordStream, StreamId};
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::http::render::Render;
+use crate::live::ReaderGuard;
+
+/// Records rendered per pull at most.
+const MAX_BATCH: usize = 64;
+
+/// The header carrying the stream id (exposed to browsers).
+pub const STREAM_ID_HEADER: &str = "unbroken-stream-id";
+
+struct Cursor<R> {
+    records: RecordStream,
+    render: R,
+    heartbeat: Interval,
+    shutdown: CancellationToken,
+    ended: bool,
+    _guard: ReaderGuard,
+}
+
+/// Options of one SSE response.
+pub struct Options {
+    /// The `retry:` sent first.
+    pub retry_ms: u64,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Ends the body on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// A `200 text/event-stream` response reading `records` through `render`.
+pub fn response<R: Render>(
+    id: StreamId,
+    records: RecordStream,
+    render: R,
+    options: Options,
+    guard: ReaderGuard,
+) -> Response {
+    let mut prelude = Vec::with_capacity(32);
+    sse::write_retry(&mut prelude, options.retry_ms);
+    prelude.push(b'\n');
+    let mut heartbeat = tokio::time::interval(options.heartbeat);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    heartbeat.reset();
+    let cursor = Cursor {
+        records,
+        render,
+        heartbeat,
+        shutdown: options.shutdown,
+        ended: false,
+        _guard: guard,
+    };
+    let events = stream::unfold(cursor, |mut cursor| async move {
+        let chunk = cursor.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), cursor))
+    });
+    let body = stream::iter([Ok(Bytes::from(prelude))]).chain(events);
+    let mut response = Response::new(Body::from_stream(body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        headers.insert(STREAM_ID_HEADER, value);
+    }
+    response
+}
+
+impl<R: Render> Cursor<R> {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        let mut out = Vec::new();
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => {
+                self.ended = true;
+                return None;
+            }
+            item = self.records.next() => {
+                self.take(item, &mut out);
+                let mut batch = 1;
+                while !self.ended && batch < MAX_BATCH && out.len() < 64 * 1024 {
+                    match self.records.next().now_or_never() {
+                        Some(item) => self.take(item, &mut out),
+                        None => break,
+                    }
+                    batch += 1;
+                }
+            }
+            _ = self.heartbeat.tick() => out.extend_from_slice(b": keep-alive\n"),
+        }
+        self.heartbeat.reset();
+        Some(Bytes::from(out))
+    }
+
+    fn take(
+        &mut self,
+        item: Option<Result<(streamlog::Seq, streamlog::Record), streamlog::LogError>>,
+        out: &mut Vec<u8>,
+    ) {
+        match item {
+            Some(Ok((seq, record))) => self.render.record(seq, &record, out),
+            Some(Err(error)) => {
+                // The reader stops; the client resumes from its last id.
+                tracing::warn!(%error, "reader failed");
+                self.ended = true;
+            }
+            None => {
+                self.render.end(out);
+                self.ended = true;
+            }
+        }
+    }
+}

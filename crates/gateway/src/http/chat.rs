@@ -1,0 +1,432 @@
+//! `POST /v1/chat/completions`: validate, start a detached generation, answer as a reader.
+//!
+//! The handler never writes to the log itself: it creates the stream, hands the
+//! generation to a supervisor task, waits for the first delta ("peek before commit": an
+//! upstream failure before it becomes a real status), and then answers as a reader from
+//! seq 0 — streaming, or assembled into one `chat.completion` when `stream` is false. An
+//! `Idempotency-Key` seen before from the same principal attaches to the stream it
+//! started instead of asking the upstream again.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use providers::ChatRequest;
+use serde_json::Value;
+use streamlog::{
+    IdempotencyEntry, IdempotencyOutcome, NewStream, Record, StreamId, StreamKind, StreamMeta,
+    StreamState,
+};
+use tokio::sync::oneshot;
+
+use crate::auth::{Principal, sha256};
+use crate::error::ApiError;
+use crate::http::body::{self, STREAM_ID_HEADER};
+use crate::http::render::OpenAiChunks;
+use crate::state::AppState;
+use crate::supervisor::{Generation, LEASE_TTL};
+
+/// A validated request.
+pub struct ChatCall {
+    /// The client-facing model name.
+    pub model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// What adapters receive.
+    pub request: ChatRequest,
+}
+
+/// The handler.
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
+    let call = parse(&body)?;
+    let model = state.models.get(&call.model).cloned().ok_or_else(|| {
+        ApiError::not_found(
+            "model_not_found",
+            format!("the model {:?} does not exist", call.model),
+        )
+    })?;
+    let idempotency_key = idempotency_key(&headers)?;
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable("the gateway is shutting down"));
+    }
+
+    let id = StreamId::new();
+    let meta = state
+        .log
+        .create(NewStream {
+            id,
+            owner: principal.as_str().to_owned(),
+            kind: StreamKind::Chat,
+            request: body.clone(),
+        })
+        .await?;
+
+    if let Some(key) = idempotency_key {
+        let hash = sha256(&body).to_vec();
+        let entry = IdempotencyEntry {
+            stream: id,
+            request_hash: hash.clone(),
+        };
+        let outcome = state
+            .log
+            .insert_idempotency_key(principal.as_str().to_owned(), key, entry)
+            .await?;
+        if let IdempotencyOutcome::Existing(existing) = outcome {
+            discard(&state, id).await;
+            if existing.request_hash != hash {
+                return Err(ApiError::idempotency_mismatch());
+            }
+            metrics::counter!("unbroken_idempotent_replays_total").increment(1);
+            let meta = state.log.status(existing.stream).await?;
+            return answer(&state, meta, &call, false).await;
+        }
+    }
+
+    let lease = state
+        .log
+        .acquire_lease(id, state.node.clone(), LEASE_TTL)
+        .await?;
+    let live = state.live.insert(id);
+    let generation = Generation {
+        id,
+        principal: principal.as_str().to_owned(),
+        model,
+        request: call.request.clone(),
+        log: Arc::clone(&state.log),
+        token: lease.token,
+        live,
+        reader_grace: state.server.reader_grace(),
+        hard_stop: state.hard_stop.clone(),
+    };
+    let (started_tx, started_rx) = oneshot::channel();
+    // The POST's own reader counts from now, so the grace cannot expire under it.
+    let guard = state.live.attach(&id);
+    let registry = Arc::clone(&state.live);
+    state.tasks.spawn(async move {
+        generation.run(started_tx).await;
+        registry.remove(&id);
+    });
+    match started_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(_) => return Err(ApiError::unavailable("the answer could not be started")),
+    }
+    drop(guard);
+    answer(&state, meta, &call, true).await
+}
+
+/// Answer as a reader of `meta`'s stream from its start.
+async fn answer(
+    state: &AppState,
+    meta: StreamMeta,
+    call: &ChatCall,
+    fresh: bool,
+) -> Result<Response, ApiError> {
+    let guard = state.live.attach(&meta.id);
+    let records = state.log.read(meta.id, 0).await?;
+    if call.stream {
+        let render = OpenAiChunks::new(meta.id, meta.created_ms / 1000, &call.model, 0, false);
+        return Ok(body::response(
+            meta.id,
+            records,
+            render,
+            state.sse_options(),
+            guard,
+        ));
+    }
+    let completion = assemble(meta.id, meta.created_ms / 1000, &call.model, records).await;
+    drop(guard);
+    let _ = fresh;
+    let mut response = match completion {
+        Ok(completion) => axum::Json(completion).into_response(),
+        Err(error) => error.into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&meta.id.to_string()) {
+        response.headers_mut().insert(STREAM_ID_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// Read a whole stream into one `chat.completion` object.
+async fn assemble(
+    id: StreamId,
+    created: u64,
+    model: &str,
+    mut records: streamlog::RecordStream,
+) -> Result<Value, ApiError> {
+    let mut content = String::new();
+    let mut tool_calls: Vec<Value> = Vec::new();
+    let mut usage = None;
+    let mut finish = None;
+    while let Some(item) = records.next().await {
+        let (_, record) = item.map_err(|e| ApiError::internal("reading a stream", &e))?;
+        match record {
+            Record::Text { text } => content.push_str(&text),
+            Record::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                let index = index as usize;
+                while tool_calls.len() <= index {
+                    tool_calls.push(serde_json::json!({
+                        "id": "", "type": "function", "function": { "name": "", "arguments": "" }
+                    }));
+                }
+                let call = &mut tool_calls[index];
+                if let Some(id) = id {
+                    call["id"] = Value::String(id);
+                }
+                if let Some(name) = name {
+                    call["function"]["name"] = Value::String(name);
+                }
+                let so_far = call["function"]["arguments"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                call["function"]["arguments"] = Value::String(so_far + &arguments);
+            }
+            Record::Usage {
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                usage = Some(serde_json::json!({
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                }));
+            }
+            Record::Finish { reason } => finish = Some(reason),
+            Record::Error { code, message } => {
+                return Err(ApiError {
+                    status: StatusCode::BAD_GATEWAY,
+                    kind: "upstream_error",
+                    code: if code == "cancelled" {
+                        "cancelled"
+                    } else {
+                        "upstream_error"
+                    },
+                    message,
+                    retry_after: None,
+                });
+            }
+            _ => {}
+        }
+    }
+    let Some(finish) = finish else {
+        return Err(ApiError::unavailable(
+            "the answer is not finished; resume it from /v1/streams/{id}",
+        ));
+    };
+    let mut message = serde_json::json!({ "role": "assistant", "content": content });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let mut completion = serde_json::json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
+    });
+    if let Some(usage) = usage {
+        completion["usage"] = usage;
+    }
+    Ok(completion)
+}
+
+/// A stream created for a request that turned out to repeat an idempotency key: end it
+/// at once (it has no records; retention removes it).
+async fn discard(state: &AppState, id: StreamId) {
+    let ended = async {
+        let lease = state
+            .log
+            .acquire_lease(id, state.node.clone(), LEASE_TTL)
+            .await?;
+        state
+            .log
+            .finish(id, lease.token, StreamState::Cancelled)
+            .await
+    };
+    if let Err(error) = ended.await {
+        tracing::warn!(%error, stream = %id, "could not discard a duplicate stream");
+    }
+}
+
+/// Turn the body extractor's refusal into our error shape.
+pub fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::bad_request("invalid_body", rejection.body_text())
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Validate the body, naming the field at fault.
+///
+/// # Errors
+/// 400 `invalid_json` or `invalid_request` naming the field.
+pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err(field_error("body", "must be a JSON object"));
+    };
+    let model = match object.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(_) => return Err(field_error("model", "must be a non-empty string")),
+        None => return Err(field_error("model", "is required")),
+    };
+    match object.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => {
+            for (i, message) in messages.iter().enumerate() {
+                match message.get("role") {
+                    Some(Value::String(_)) => {}
+                    _ => {
+                        return Err(field_error(
+                            &format!("messages[{i}].role"),
+                            "must be a string",
+                        ));
+                    }
+                }
+                match message.get("content") {
+                    None | Some(Value::String(_) | Value::Array(_) | Value::Null) => {}
+                    _ => {
+                        return Err(field_error(
+                            &format!("messages[{i}].content"),
+                            "must be a string or an array of content parts",
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(field_error("messages", "must be a non-empty array")),
+        None => return Err(field_error("messages", "is required")),
+    }
+    let stream = match object.remove("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => stream,
+        Some(_) => return Err(field_error("stream", "must be a boolean")),
+    };
+    object.remove("stream_options");
+    for (field, check) in [
+        ("temperature", Value::is_number as fn(&Value) -> bool),
+        ("top_p", Value::is_number),
+        ("max_tokens", Value::is_u64),
+        ("max_completion_tokens", Value::is_u64),
+        ("seed", Value::is_u64),
+        ("n", Value::is_u64),
+    ] {
+        if let Some(value) = object.get(field)
+            && !value.is_null()
+            && !check(value)
+        {
+            return Err(field_error(field, "has the wrong type"));
+        }
+    }
+    if object
+        .get("n")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n != 1)
+    {
+        return Err(field_error("n", "only n = 1 is supported"));
+    }
+    if let Some(max) = object.remove("max_completion_tokens")
+        && !object.contains_key("max_tokens")
+    {
+        object.insert("max_tokens".into(), max);
+    }
+    let request: ChatRequest = serde_json::from_value(Value::Object(object))
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    Ok(ChatCall {
+        model,
+        stream,
+        request,
+    })
+}
+
+fn field_error(field: &str, problem: &str) -> ApiError {
+    ApiError::bad_request("invalid_request", format!("{field} {problem}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_request_parses() {
+        let call = parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"tools":[]}"#).unwrap();
+        assert_eq!(call.model, "m");
+        assert!(call.stream);
+        assert!(call.request.extra.contains_key("tools"));
+        assert!(!call.request.extra.contains_key("stream"));
+        assert!(!call.request.extra.contains_key("stream_options"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: [(&[u8], &str); 8] = [
+            (b"{", "not valid JSON"),
+            (b"[]", "body must be a JSON object"),
+            (
+                br#"{"messages":[{"role":"user","content":"x"}]}"#,
+                "model is required",
+            ),
+            (br#"{"model":"m"}"#, "messages is required"),
+            (
+                br#"{"model":"m","messages":[]}"#,
+                "messages must be a non-empty array",
+            ),
+            (
+                br#"{"model":"m","messages":[{"content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream must be a boolean",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                "temperature has the wrong type",
+            ),
+        ];
+        for (body, expected) in cases {
+            let error = parse(body).err().unwrap();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            assert!(
+                error.message.contains(expected),
+                "{} vs {expected}",
+                error.message
+            );
+        }
+    }
+}

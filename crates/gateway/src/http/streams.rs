@@ -1,0 +1,213 @@
+//! `/v1/streams/{id}`: resume (attach a new reader), cancel, status.
+//!
+//! A stream is visible only to the principal that created it; anyone else — and any
+//! malformed id — gets 404, so ids cannot be probed. Resuming honours `Last-Event-ID`
+//! (header, or `?last_event_id=`) and replays every event after it exactly once, then
+//! follows live. A reader that already has everything of an ended stream gets 204, the
+//! standard "stop reconnecting" answer.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::Value;
+use streamlog::{Record, Seq, StreamId, StreamKind, StreamMeta, StreamState};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::http::body;
+use crate::http::render::{Events, OpenAiChunks};
+use crate::state::AppState;
+use crate::supervisor::LEASE_TTL;
+
+/// Query of a resume.
+#[derive(Debug, Deserialize)]
+pub struct ResumeQuery {
+    /// `openai` (default for chat streams) or `events`.
+    format: Option<String>,
+    /// For clients that cannot set `Last-Event-ID`.
+    last_event_id: Option<String>,
+}
+
+/// The stream, if it exists and belongs to `principal`.
+pub async fn owned(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<StreamMeta, ApiError> {
+    let not_found = || ApiError::not_found("stream_not_found", "no such stream");
+    let id: StreamId = id.parse().map_err(|_| not_found())?;
+    let meta = state.log.status(id).await?;
+    if meta.owner != principal.as_str() {
+        return Err(not_found());
+    }
+    Ok(meta)
+}
+
+/// The model a chat stream was asked for (from its stored request).
+pub fn model_of(meta: &StreamMeta) -> String {
+    serde_json::from_slice::<Value>(&meta.request)
+        .ok()
+        .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `GET /v1/streams/{id}`.
+pub async fn resume(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<ResumeQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let meta = owned(&state, &principal, &id).await?;
+    let after = last_event_id(&headers, query.last_event_id.as_deref())?;
+    let openai = match query.format.as_deref() {
+        None => meta.kind == StreamKind::Chat,
+        Some("openai") => true,
+        Some("events") => false,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_format",
+                "format must be openai or events",
+            ));
+        }
+    };
+    // `[DONE]` of a finished chat stream carries last_seq + 1.
+    let end = if openai && meta.state == StreamState::Finished {
+        meta.last_seq + 1
+    } else {
+        meta.last_seq
+    };
+    if after > end {
+        return Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("Last-Event-ID {after} is beyond the stream's last event {end}"),
+        ));
+    }
+    if meta.state.is_terminal() && after == end {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    metrics::counter!("unbroken_resumes_total").increment(1);
+    let from = after.min(meta.last_seq);
+    let records = state.log.read(meta.id, from).await?;
+    let guard = state.live.attach(&meta.id);
+    let options = state.sse_options();
+    Ok(if openai {
+        let finished_before = meta.state == StreamState::Finished && after >= meta.last_seq;
+        let render = OpenAiChunks::new(
+            meta.id,
+            meta.created_ms / 1000,
+            &model_of(&meta),
+            from,
+            finished_before,
+        );
+        body::response(meta.id, records, render, options, guard)
+    } else {
+        body::response(meta.id, records, Events, options, guard)
+    })
+}
+
+/// `Last-Event-ID` from the header or the query; absent means 0 (from the start).
+fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Seq, ApiError> {
+    let header = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    match header.or(query) {
+        None | Some("") => Ok(0),
+        Some(text) => text.trim().parse::<Seq>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                "Last-Event-ID must be an event id this stream sent (a decimal number)",
+            )
+        }),
+    }
+}
+
+/// `POST /v1/streams/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let meta = owned(&state, &principal, &id).await?;
+    if meta.state.is_terminal() {
+        return Ok(axum::Json(
+            serde_json::json!({ "id": meta.id.to_string(), "state": meta.state }),
+        )
+        .into_response());
+    }
+    if let Some(live) = state.live.get(&meta.id) {
+        live.cancel.cancel();
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "id": meta.id.to_string(), "state": "cancelling" })),
+        )
+            .into_response());
+    }
+    // Open but written by nobody here: take the lease and end it.
+    let lease = state
+        .log
+        .acquire_lease(meta.id, state.node.clone(), LEASE_TTL)
+        .await
+        .map_err(|error| match error {
+            streamlog::LogError::LeaseHeld { .. } => {
+                ApiError::conflict("stream_busy", "the stream is being written by another node")
+            }
+            other => other.into(),
+        })?;
+    let record = Record::Error {
+        code: "cancelled".into(),
+        message: "the answer was cancelled".into(),
+    };
+    state.log.append(meta.id, lease.token, vec![record]).await?;
+    state
+        .log
+        .finish(meta.id, lease.token, StreamState::Cancelled)
+        .await?;
+    Ok(axum::Json(
+        serde_json::json!({ "id": meta.id.to_string(), "state": StreamState::Cancelled }),
+    )
+    .into_response())
+}
+
+/// `GET /v1/streams/{id}/status`.
+pub async fn status(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let meta = owned(&state, &principal, &id).await?;
+    let mut usage = Value::Null;
+    if meta.state.is_terminal() {
+        let mut records = state.log.read(meta.id, 0).await?;
+        while let Some(item) = records.next().await {
+            if let Ok((
+                _,
+                Record::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                },
+            )) = item
+            {
+                usage = serde_json::json!({
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                });
+            }
+        }
+    }
+    Ok(axum::Json(serde_json::json!({
+        "id": meta.id.to_string(),
+        "kind": meta.kind,
+        "state": meta.state,
+        "seq": meta.last_seq,
+        "model": model_of(&meta),
+        "created_ms": meta.created_ms,
+        "updated_ms": meta.updated_ms,
+        "usage": usage,
+    }))
+    .into_response())
+}

@@ -1,0 +1,301 @@
+//! The router: a model name → its ordered upstream targets, and how one answer is started.
+//!
+//! Per target: a FIFO queue in front of `max_concurrency` slots (a fair semaphore; the
+//! permit is RAII and travels with the generation, so no path can leak a slot), a queue
+//! timeout (429 with `Retry-After` when every target's queue timed out), retries with
+//! exponential backoff and full jitter on retryable failures before the first token
+//! (honouring `Retry-After`), then the next target. "Peek before commit": a start
+//! succeeds only once the first delta has arrived, so an early upstream failure becomes
+//! a real HTTP status instead of a 200 with an error inside.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream;
+use providers::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::TargetConfig;
+
+/// Limits and timeouts of one target.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Slots.
+    pub max_concurrency: usize,
+    /// Longest wait for a slot.
+    pub queue_timeout: Duration,
+    /// Request to first token.
+    pub first_token_timeout: Duration,
+    /// Token to token.
+    pub between_token_timeout: Duration,
+    /// Retries before the first token.
+    pub max_retries: u32,
+    /// Backoff base.
+    pub retry_base: Duration,
+}
+
+impl Limits {
+    /// From a target's config.
+    pub fn from_config(config: &TargetConfig) -> Self {
+        Self {
+            max_concurrency: config.max_concurrency,
+            queue_timeout: Duration::from_millis(config.queue_timeout_ms),
+            first_token_timeout: Duration::from_millis(config.first_token_timeout_ms),
+            between_token_timeout: Duration::from_millis(config.between_token_timeout_ms),
+            max_retries: config.max_retries,
+            retry_base: Duration::from_millis(config.retry_base_ms),
+        }
+    }
+}
+
+/// One upstream target of a model.
+pub struct Target {
+    /// The adapter.
+    pub provider: Arc<dyn Provider>,
+    /// The model name sent upstream.
+    pub upstream_model: String,
+    /// Its limits.
+    pub limits: Limits,
+    permits: Arc<Semaphore>,
+    waiting: AtomicI64,
+}
+
+impl Target {
+    /// A target with its own slot pool.
+    pub fn new(provider: Arc<dyn Provider>, upstream_model: String, limits: Limits) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limits.max_concurrency)),
+            provider,
+            upstream_model,
+            limits,
+            waiting: AtomicI64::new(0),
+        }
+    }
+
+    /// Slots free right now (for tests and metrics).
+    pub fn available_permits(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+/// A configured model.
+pub struct Model {
+    /// The client-facing name.
+    pub name: String,
+    /// Targets in order of preference.
+    pub targets: Vec<Target>,
+}
+
+/// An answer that has produced its first delta.
+pub struct Started {
+    /// The deltas, the first one included, with the between-token timeout applied.
+    pub deltas: DeltaStream,
+    /// The target's slot, held until the answer ends.
+    pub permit: OwnedSemaphorePermit,
+    /// Which target serves it.
+    pub target: usize,
+}
+
+/// Why no target could start the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartError {
+    /// Every target's queue was full for its whole queue timeout.
+    Busy {
+        /// Suggested wait in seconds.
+        retry_after: u64,
+    },
+    /// The last target's failure.
+    Upstream(ProviderError),
+}
+
+impl Model {
+    /// Start the answer on the first target (from `first`) that produces a first delta.
+    /// With `prefill_only`, targets that cannot continue a partial answer are skipped.
+    ///
+    /// # Errors
+    /// [`StartError`] when every target failed.
+    pub async fn start(
+        &self,
+        request: &ChatRequest,
+        first: usize,
+        prefill_only: bool,
+    ) -> Result<Started, StartError> {
+        let mut last: Option<StartError> = None;
+        for (index, target) in self.targets.iter().enumerate().skip(first) {
+            if prefill_only && !target.provider.supports_prefill() {
+                continue;
+            }
+            let permit = match self.queue(target).await {
+                Some(permit) => permit,
+                None => {
+                    let retry_after = target.limits.queue_timeout.as_secs().max(1);
+                    last.get_or_insert(StartError::Busy { retry_after });
+                    continue;
+                }
+            };
+            match self.attempts(target, request).await {
+                Ok(deltas) => {
+                    return Ok(Started {
+                        deltas,
+                        permit,
+                        target: index,
+                    });
+                }
+                Err(error @ ProviderError::InvalidRequest(_)) => {
+                    // The request itself is wrong: no other target will like it better.
+                    return Err(StartError::Upstream(error));
+                }
+                Err(error) => last = Some(StartError::Upstream(error)),
+            }
+        }
+        Err(
+            last.unwrap_or(StartError::Upstream(ProviderError::InvalidRequest(
+                "no target of this model can continue a partial answer".into(),
+            ))),
+        )
+    }
+
+    async fn queue(&self, target: &Target) -> Option<OwnedSemaphorePermit> {
+        let depth = target.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("unbroken_queue_depth", "model" => self.name.clone()).set(depth as f64);
+        let permit = tokio::time::timeout(
+            target.limits.queue_timeout,
+            Arc::clone(&target.permits).acquire_owned(),
+        )
+        .await;
+        let depth = target.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("unbroken_queue_depth", "model" => self.name.clone()).set(depth as f64);
+        permit.ok()?.ok()
+    }
+
+    /// Up to `1 + max_retries` attempts on one target.
+    async fn attempts(
+        &self,
+        target: &Target,
+        request: &ChatRequest,
+    ) -> Result<DeltaStream, ProviderError> {
+        let mut request = request.clone();
+        request.model.clone_from(&target.upstream_model);
+        let mut attempt = 0;
+        loop {
+            let began = Instant::now();
+            let result = tokio::time::timeout(
+                target.limits.first_token_timeout,
+                first_delta(target.provider.as_ref(), request.clone()),
+            )
+            .await
+            .unwrap_or(Err(ProviderError::Timeout("first token")));
+            let status = match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(ProviderError::Status { status, .. }) => status.to_string(),
+                Err(error) => error.code().to_owned(),
+            };
+            metrics::counter!(
+                "unbroken_upstream_requests_total",
+                "model" => self.name.clone(),
+                "provider" => target.provider.kind(),
+                "status" => status
+            )
+            .increment(1);
+            match result {
+                Ok((first, rest)) => {
+                    metrics::histogram!("unbroken_upstream_ttft_seconds", "model" => self.name.clone())
+                        .record(began.elapsed().as_secs_f64());
+                    let rest = between_tokens(rest, target.limits.between_token_timeout);
+                    return Ok(stream::iter([Ok(first)]).chain(rest).boxed());
+                }
+                Err(error) if error.is_retryable() && attempt < target.limits.max_retries => {
+                    attempt += 1;
+                    let delay = backoff(target.limits.retry_base, attempt, error.retry_after());
+                    tracing::debug!(%error, attempt, ?delay, "retrying upstream");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Call the provider and wait for its first delta.
+async fn first_delta(
+    provider: &dyn Provider,
+    request: ChatRequest,
+) -> Result<(Delta, DeltaStream), ProviderError> {
+    let mut deltas = provider.stream(request).await?;
+    match deltas.next().await {
+        Some(Ok(first)) => Ok((first, deltas)),
+        Some(Err(error)) => Err(error),
+        None => Err(ProviderError::Interrupted(
+            "ended before the first token".into(),
+        )),
+    }
+}
+
+/// Fail the stream when the next delta takes longer than `limit`.
+fn between_tokens(deltas: DeltaStream, limit: Duration) -> DeltaStream {
+    stream::unfold(Some(deltas), move |deltas| async move {
+        let mut deltas = deltas?;
+        match tokio::time::timeout(limit, deltas.next()).await {
+            Ok(Some(item)) => Some((item, Some(deltas))),
+            Ok(None) => None,
+            Err(_) => Some((Err(ProviderError::Timeout("between tokens")), None)),
+        }
+    })
+    .boxed()
+}
+
+/// Full-jitter exponential backoff (factor 2, capped at 5 s), at least `Retry-After`.
+fn backoff(base: Duration, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(Duration::from_secs(5));
+    let drawn = ceiling.mul_f64(rand::random::<f64>());
+    retry_after.map_or(drawn, |wait| wait.max(drawn))
+}
+
+/// Every configured model by name, in configuration order.
+#[derive(Default)]
+pub struct Models {
+    by_name: HashMap<String, Arc<Model>>,
+    order: Vec<String>,
+}
+
+impl Models {
+    /// Add a model (replacing one of the same name).
+    pub fn insert(&mut self, model: Model) {
+        if !self.by_name.contains_key(&model.name) {
+            self.order.push(model.name.clone());
+        }
+        self.by_name.insert(model.name.clone(), Arc::new(model));
+    }
+
+    /// The model called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.by_name.get(name)
+    }
+
+    /// Names in configuration order.
+    pub fn names(&self) -> &[String] {
+        &self.order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_honours_retry_after() {
+        for attempt in [0, 1, 5, 40, u32::MAX] {
+            assert!(backoff(Duration::from_millis(200), attempt, None) <= Duration::from_secs(5));
+        }
+        let wait = Some(Duration::from_secs(7));
+        assert_eq!(
+            backoff(Duration::from_millis(1), 1, wait),
+            Duration::from_secs(7)
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! [`AppState`]: what every handler and supervisor shares, and how it is built from the
+//! configuration.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use providers::Provider;
+use providers::openai::{OpenAiConfig, OpenAiProvider};
+use providers::simulator::{SimulatorConfig, SimulatorProvider};
+use streamlog::StreamLog;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Keys, Principal};
+use crate::config::{Config, ProviderKind, ServerConfig, StoreConfig, StoreKind, TargetConfig};
+use crate::http::body::Options;
+use crate::live::LiveStreams;
+use crate::router::{Limits, Model, Models, Target};
+
+/// Shared state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The contents of [`AppState`].
+pub struct Shared {
+    /// `[server]` settings.
+    pub server: ServerConfig,
+    /// The stream log.
+    pub log: Arc<dyn StreamLog>,
+    /// Configured models.
+    pub models: Models,
+    /// API keys.
+    pub keys: Keys,
+    /// The principal of every request when auth is off.
+    pub anonymous: Principal,
+    /// Generations running here.
+    pub live: Arc<LiveStreams>,
+    /// Owns every supervisor task.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown begins: readers end, new requests are refused.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace is over: writers stop where they are.
+    pub hard_stop: CancellationToken,
+    /// This node's name in leases.
+    pub node: String,
+}
+
+impl AppState {
+    /// Build the state: models and their providers from `config`, over `log`.
+    ///
+    /// # Errors
+    /// A message naming the key at fault (an unset `api_key_env`, a bad keys file).
+    pub fn new(config: &Config, log: Arc<dyn StreamLog>) -> Result<Self, String> {
+        let mut models = Models::default();
+        for (m, model) in config.models.iter().enumerate() {
+            let mut targets = Vec::new();
+            for (t, target) in model.targets.iter().enumerate() {
+                let key = format!("models[{m}].targets[{t}]");
+                let provider = build_provider(target, &model.name, &key)?;
+                let upstream = target.model.clone().unwrap_or_else(|| model.name.clone());
+                targets.push(Target::new(provider, upstream, Limits::from_config(target)));
+            }
+            models.insert(Model {
+                name: model.name.clone(),
+                targets,
+            });
+        }
+        Ok(Self::with_models(
+            config,
+            log,
+            models,
+            Keys::load(&config.auth)?,
+        ))
+    }
+
+    /// Build the state with models made elsewhere (the local model, tests).
+    pub fn with_models(
+        config: &Config,
+        log: Arc<dyn StreamLog>,
+        models: Models,
+        keys: Keys,
+    ) -> Self {
+        let node = format!("node-{}-{}", std::process::id(), streamlog::StreamId::new());
+        Self(Arc::new(Shared {
+            server: config.server.clone(),
+            log,
+            models,
+            keys,
+            anonymous: Principal("anonymous".into()),
+            live: Arc::new(LiveStreams::default()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            node,
+        }))
+    }
+
+    /// Options of an SSE response.
+    pub fn sse_options(&self) -> Options {
+        Options {
+            retry_ms: self.server.retry_ms,
+            heartbeat: self.server.heartbeat_interval(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+fn build_provider(
+    target: &TargetConfig,
+    model: &str,
+    key: &str,
+) -> Result<Arc<dyn Provider>, String> {
+    match target.provider {
+        ProviderKind::Openai => {
+            let api_key = match &target.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    format!("{key}.api_key_env: the environment variable {var} is not set")
+                })?),
+                None => None,
+            };
+            let mut config = OpenAiConfig::new(
+                target.base_url.clone().unwrap_or_default(),
+                target.model.clone().unwrap_or_else(|| model.to_owned()),
+            );
+            config.api_key = api_key;
+            config.extra_headers = target
+                .extra_headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            config.connect_timeout = Duration::from_millis(target.connect_timeout_ms);
+            config.supports_prefill = target.supports_prefill.unwrap_or(false);
+            let provider = OpenAiProvider::new(config).map_err(|e| format!("{key}: {e}"))?;
+            Ok(Arc::new(provider))
+        }
+        ProviderKind::Simulator => {
+            let defaults = SimulatorConfig::default();
+            let config = SimulatorConfig {
+                tokens: target.tokens.unwrap_or(defaults.tokens),
+                ttft_ms: target.ttft_ms.unwrap_or(defaults.ttft_ms),
+                interval_ms: target.interval_ms.unwrap_or(defaults.interval_ms),
+                seed: target.seed.unwrap_or(defaults.seed),
+                fail_after: target.fail_after.or(defaults.fail_after),
+                error_status: target.error_status.or(defaults.error_status),
+                error_probability: target
+                    .error_probability
+                    .unwrap_or(defaults.error_probability),
+                error_times: target.error_times.or(defaults.error_times),
+                retry_after_s: target.retry_after_s.or(defaults.retry_after_s),
+            };
+            Ok(Arc::new(SimulatorProvider::new(config)))
+        }
+    }
+}
+
+/// Open the configured stream log.
+///
+/// # Errors
+/// A message naming the store path when it cannot be opened.
+pub fn open_log(config: &StoreConfig) -> Result<Arc<dyn StreamLog>, String> {
+    let clock: Arc<dyn streamlog::Clock> = Arc::new(streamlog::SystemClock);
+    let ttl = Duration::from_secs(config.stream_ttl_s);
+    match config.kind {
+        StoreKind::Memory => Ok(Arc::new(streamlog::MemoryLog::with_ttl(clock, ttl))),
+        StoreKind::Sqlite => {
+            if let Some(parent) = config.path.parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("store.path {}: {e}", parent.display()))?;
+            }
+            let mut sqlite = streamlog::SqliteConfig::new(&config.path);
+            sqlite.stream_ttl = ttl;
+            let log = streamlog::SqliteLog::open(sqlite, clock)
+                .map_err(|e| format!("store.path {}: {e}", config.path.display()))?;
+            Ok(Arc::new(log))
+        }
+    }
+}

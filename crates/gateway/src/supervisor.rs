@@ -1,0 +1,339 @@
+//! The supervisor: the one writer of a generation.
+//!
+//! It runs detached from every HTTP response (a task on the gateway's tracker): it starts
+//! the answer through the router, appends every delta to the stream log, renews its
+//! lease, and ends the stream. Nothing a client does touches it except an explicit
+//! cancel; it also stops when no reader has been attached for `reader_grace` (nobody
+//! will read the answer, so stop paying for it). When the upstream fails after tokens
+//! were streamed, it continues the answer on the next target that supports prefill,
+//! appending only the new text; if none can, the stream ends with an error record —
+//! never a fake normal finish. On a hard shutdown it stops without finishing, so the
+//! stream stays open (unfinished) for a later takeover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use providers::{ChatRequest, Delta, DeltaStream, ProviderError};
+use streamlog::{FencingToken, Record, StreamId, StreamLog, StreamState};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::live::Live;
+use crate::router::{Model, StartError, Started};
+
+/// How long a writer's lease lasts; it is renewed at a third of this.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// Deltas appended in one batch at most.
+const MAX_BATCH: usize = 64;
+
+/// Everything one generation needs.
+pub struct Generation {
+    /// The stream written.
+    pub id: StreamId,
+    /// Who asked (for spans).
+    pub principal: String,
+    /// The model serving it.
+    pub model: Arc<Model>,
+    /// The request, as adapters receive it.
+    pub request: ChatRequest,
+    /// The log.
+    pub log: Arc<dyn StreamLog>,
+    /// The lease's fencing token.
+    pub token: FencingToken,
+    /// This generation's registry entry.
+    pub live: Arc<Live>,
+    /// How long a generation may go unread.
+    pub reader_grace: Duration,
+    /// Cancelled when the gateway must stop writing now (shutdown grace over).
+    pub hard_stop: CancellationToken,
+}
+
+/// How a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished normally (the last record is the finish).
+    Finished,
+    /// Ended with an error record.
+    Failed,
+    /// Cancelled (stop button or no reader).
+    Cancelled,
+    /// Stopped by shutdown before the end: the stream stays open.
+    Abandoned,
+}
+
+impl Generation {
+    /// Run to the end. `started` learns whether the first delta arrived (`Ok`) or why
+    /// no target could start the answer (`Err`, with the stream already failed).
+    pub async fn run(self, started: oneshot::Sender<Result<(), ApiError>>) -> Outcome {
+        let span = tracing::info_span!("supervisor", stream = %self.id, principal = %self.principal, model = %self.model.name);
+        self.run_inner(started).instrument(span).await
+    }
+
+    async fn run_inner(self, started: oneshot::Sender<Result<(), ApiError>>) -> Outcome {
+        let mut started = Some(started);
+        let mut writer = Writer {
+            log: Arc::clone(&self.log),
+            id: self.id,
+            token: self.token,
+            text: String::new(),
+            finished: None,
+        };
+        let mut renew = tokio::time::interval(LEASE_TTL / 3);
+        renew.reset();
+        let mut grace =
+            tokio::time::interval((self.reader_grace / 4).max(Duration::from_millis(5)));
+        grace.reset();
+
+        let mut next_target = 0;
+        let mut prefill_only = false;
+        let mut interrupted: Option<ProviderError> = None;
+        let outcome = 'answer: loop {
+            let mut request = self.request.clone();
+            if !writer.text.is_empty() {
+                request.assistant_prefix = Some(writer.text.clone());
+            }
+            let start = self.model.start(&request, next_target, prefill_only);
+            let begun = tokio::select! {
+                begun = start => begun,
+                () = self.live.cancel.cancelled() => break 'answer Stop::Cancelled,
+                () = self.hard_stop.cancelled() => break 'answer Stop::Abandoned,
+            };
+            let Started {
+                mut deltas,
+                permit,
+                target,
+            } = match begun {
+                Ok(started) => started,
+                // A continuation that found no taker reports what broke the answer.
+                Err(error) => {
+                    break 'answer Stop::Failed(match interrupted.take() {
+                        Some(cause) => StartError::Upstream(cause),
+                        None => error,
+                    });
+                }
+            };
+            let _permit = permit; // held until this target's answer ends
+            loop {
+                tokio::select! {
+                    biased;
+                    () = self.hard_stop.cancelled() => break 'answer Stop::Abandoned,
+                    () = self.live.cancel.cancelled() => break 'answer Stop::Cancelled,
+                    _ = renew.tick() => {
+                        if let Err(error) = self.log.renew_lease(self.id, self.token, LEASE_TTL).await {
+                            tracing::warn!(%error, "lease lost; stopping");
+                            break 'answer Stop::Abandoned;
+                        }
+                    }
+                    _ = grace.tick() => {
+                        if self.live.unread_for().is_some_and(|idle| idle >= self.reader_grace) {
+                            tracing::info!("no reader attached for the reader grace; cancelling");
+                            self.live.cancel.cancel();
+                        }
+                    }
+                    item = deltas.next() => {
+                        let Batch { deltas: batch, mut failure, ended } = Batch::collect(item, &mut deltas);
+                        if let Err(error) = writer.append(batch).await {
+                            tracing::error!(%error, "append failed; stopping");
+                            break 'answer Stop::Abandoned;
+                        }
+                        if let Some(tx) = started.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                        if ended || failure.is_some() {
+                            // An upstream that said why it finished is complete, even if
+                            // its connection broke after that (the usage may be missing).
+                            if let Some(reason) = writer.finished.take() {
+                                break 'answer Stop::Finished(reason);
+                            }
+                        }
+                        if failure.is_none() && ended {
+                            failure = Some(ProviderError::Interrupted("ended without a finish reason".into()));
+                        }
+                        if let Some(error) = failure {
+                            tracing::warn!(%error, target, "upstream failed mid-answer; continuing elsewhere");
+                            next_target = target + 1;
+                            prefill_only = true;
+                            interrupted = Some(error);
+                            continue 'answer;
+                        }
+                    }
+                }
+            }
+        };
+        let outcome = match outcome {
+            Stop::Finished(reason) => {
+                writer
+                    .end(StreamState::Finished, Some(Record::Finish { reason }))
+                    .await
+            }
+            Stop::Cancelled => {
+                let record = Record::Error {
+                    code: "cancelled".into(),
+                    message: "the answer was cancelled".into(),
+                };
+                writer.end(StreamState::Cancelled, Some(record)).await
+            }
+            Stop::Failed(error) => {
+                let (record, api_error) = match &error {
+                    StartError::Busy { retry_after } => (
+                        Record::Error {
+                            code: "busy".into(),
+                            message: "every upstream of this model is busy".into(),
+                        },
+                        ApiError::rate_limited(
+                            "model_busy",
+                            "every upstream of this model is busy; try again later",
+                            *retry_after,
+                        ),
+                    ),
+                    StartError::Upstream(error) => (
+                        Record::Error {
+                            code: error.code().into(),
+                            message: error.to_string(),
+                        },
+                        ApiError::upstream(error),
+                    ),
+                };
+                let outcome = writer.end(StreamState::Failed, Some(record)).await;
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(Err(api_error));
+                }
+                outcome
+            }
+            Stop::Abandoned => {
+                // Leave the stream open: its lease expires and a later writer takes over.
+                Outcome::Abandoned
+            }
+        };
+        if let Some(tx) = started.take() {
+            // Cancelled or abandoned before the first token.
+            let _ = tx.send(Err(ApiError::unavailable(
+                "the answer was stopped before it began",
+            )));
+        }
+        outcome
+    }
+}
+
+/// One delta and whatever else was ready right after it.
+struct Batch {
+    deltas: Vec<Delta>,
+    failure: Option<ProviderError>,
+    ended: bool,
+}
+
+impl Batch {
+    fn collect(first: Option<Result<Delta, ProviderError>>, rest: &mut DeltaStream) -> Self {
+        let mut batch = Batch {
+            deltas: Vec::new(),
+            failure: None,
+            ended: false,
+        };
+        let mut item = first;
+        loop {
+            match item {
+                Some(Ok(delta)) => batch.deltas.push(delta),
+                Some(Err(error)) => {
+                    batch.failure = Some(error);
+                    return batch;
+                }
+                None => {
+                    batch.ended = true;
+                    return batch;
+                }
+            }
+            if batch.deltas.len() >= MAX_BATCH {
+                return batch;
+            }
+            match rest.next().now_or_never() {
+                Some(next) => item = next,
+                None => return batch,
+            }
+        }
+    }
+}
+
+enum Stop {
+    Finished(String),
+    Cancelled,
+    Failed(StartError),
+    Abandoned,
+}
+
+/// Turns deltas into appended records and remembers the text so far.
+struct Writer {
+    log: Arc<dyn StreamLog>,
+    id: StreamId,
+    token: FencingToken,
+    text: String,
+    finished: Option<String>,
+}
+
+impl Writer {
+    async fn append(&mut self, batch: Vec<Delta>) -> Result<(), streamlog::LogError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        for delta in batch {
+            records.push(match delta {
+                Delta::Text(text) => {
+                    self.text.push_str(&text);
+                    Record::Text { text }
+                }
+                Delta::ToolCall {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                } => Record::ToolCall {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                },
+                Delta::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                } => Record::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                },
+                Delta::Finish { reason } => {
+                    // Held back and written last, after a usage that follows it upstream,
+                    // so a finish record is always a stream's last.
+                    self.finished = Some(reason);
+                    continue;
+                }
+            });
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("unbroken_appends_total").increment(records.len() as u64);
+        self.log
+            .append(self.id, self.token, records)
+            .await
+            .map(|_| ())
+    }
+
+    async fn end(&mut self, state: StreamState, record: Option<Record>) -> Outcome {
+        if let Some(record) = record
+            && let Err(error) = self.log.append(self.id, self.token, vec![record]).await
+        {
+            tracing::error!(%error, "could not append the final record");
+        }
+        if let Err(error) = self.log.finish(self.id, self.token, state).await {
+            tracing::error!(%error, "could not finish the stream");
+        }
+        match state {
+            StreamState::Finished => Outcome::Finished,
+            StreamState::Cancelled => Outcome::Cancelled,
+            _ => Outcome::Failed,
+        }
+    }
+}

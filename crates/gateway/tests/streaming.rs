@@ -1,0 +1,300 @@
+//! The main job end to end over real TCP: streaming, resume, idempotency, cancel,
+//! non-streaming answers, reader grace and graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Events, Gateway, Upstream, chat_body, http, ids, text_of};
+use providers::simulator::SimulatorConfig;
+
+const SIM: &str = r#"
+[[models]]
+name = "sim"
+targets = [{ provider = "simulator", tokens = 40, interval_ms = 1 }]
+"#;
+
+async fn post(gateway: &Gateway, body: &serde_json::Value) -> reqwest::Response {
+    http()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_chunks_with_ids_then_done() {
+    let gateway = Gateway::start(SIM).await;
+    let response = post(&gateway, &chat_body("sim", true)).await;
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-cache, no-transform"
+    );
+    let events = Events::new(response);
+    let id = events.stream_id();
+    let events = events.rest().await;
+    assert_eq!(
+        ids(&events),
+        (1..=43).collect::<Vec<_>>(),
+        "40 tokens, usage, finish, [DONE]"
+    );
+    assert!(
+        events.iter().all(|e| e.event == "message"),
+        "no named events"
+    );
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let first: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(first["id"], format!("chatcmpl-{id}"));
+    assert_eq!(first["object"], "chat.completion.chunk");
+    let finish: serde_json::Value = serde_json::from_str(&events[41].data).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    assert_eq!(text_of(&events).split_whitespace().count(), 40);
+}
+
+#[tokio::test]
+async fn resume_after_a_cut_gives_exactly_the_rest() {
+    let gateway = Gateway::start(SIM).await;
+    let whole = Events::new(post(&gateway, &chat_body("sim", true)).await)
+        .rest()
+        .await;
+
+    let mut cut = Events::new(post(&gateway, &chat_body("sim", true)).await);
+    let id = cut.stream_id();
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        seen.push(cut.next().await.unwrap());
+    }
+    drop(cut); // the connection drops mid-answer
+    let last = seen.last().unwrap().id.clone();
+    let resumed = http()
+        .get(format!("{}/v1/streams/{id}", gateway.url))
+        .header("last-event-id", &last)
+        .send()
+        .await
+        .unwrap();
+    seen.extend(Events::new(resumed).rest().await);
+    assert_eq!(ids(&seen), ids(&whole), "no id missing, none twice");
+    assert_eq!(text_of(&seen), text_of(&whole), "the same answer");
+
+    // After the end: the finish chunk's id gives just [DONE]; [DONE]'s id gives 204.
+    let after_finish = http()
+        .get(format!("{}/v1/streams/{id}?last_event_id=42", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    let rest = Events::new(after_finish).rest().await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(
+        (rest[0].id.as_str(), rest[0].data.as_str()),
+        ("43", "[DONE]")
+    );
+    let done = http()
+        .get(format!("{}/v1/streams/{id}", gateway.url))
+        .header("last-event-id", "43")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 204);
+}
+
+#[tokio::test]
+async fn the_events_view_names_records() {
+    let gateway = Gateway::start(SIM).await;
+    let events = Events::new(post(&gateway, &chat_body("sim", true)).await);
+    let id = events.stream_id();
+    events.rest().await;
+    let view = http()
+        .get(format!(
+            "{}/v1/streams/{id}?format=events&last_event_id=39",
+            gateway.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    let events = Events::new(view).rest().await;
+    let names: Vec<_> = events.iter().map(|e| e.event.to_string()).collect();
+    assert_eq!(names, ["text", "usage", "finish"]);
+}
+
+#[tokio::test]
+async fn non_streaming_answers_are_assembled_from_the_log() {
+    let gateway = Gateway::start(SIM).await;
+    let response = post(&gateway, &chat_body("sim", false)).await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["unbroken-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["id"], format!("chatcmpl-{id}"));
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["completion_tokens"], 40);
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content.split_whitespace().count(), 40);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_attaches_instead_of_asking_again() {
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 30,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"up\"\ntargets = [{{ provider = \"openai\", base_url = \"{}\" }}]\n",
+        upstream.url
+    ))
+    .await;
+    let body = chat_body("up", true);
+    let send = |key: &'static str, body: serde_json::Value| {
+        let url = format!("{}/v1/chat/completions", gateway.url);
+        async move {
+            http()
+                .post(url)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut first = Events::new(send("k-1", body.clone()).await);
+    let id = first.stream_id();
+    let early = first.next().await.unwrap();
+    drop(first); // cut after one event
+    let again = Events::new(send("k-1", body.clone()).await);
+    assert_eq!(again.stream_id(), id, "the same stream");
+    let replay = again.rest().await;
+    assert_eq!(replay[0].data, early.data, "replayed from the start");
+    assert_eq!(replay.last().unwrap().data, "[DONE]");
+    assert_eq!(upstream.requests(), 1, "the upstream was asked once");
+
+    let mut other = body.clone();
+    other["messages"][0]["content"] = "something else".into();
+    let conflict = send("k-1", other).await;
+    assert_eq!(conflict.status(), 422);
+    let error: serde_json::Value = conflict.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "idempotency_key_reused");
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test]
+async fn cancel_stops_the_writer_and_the_reader_sees_why() {
+    let gateway = Gateway::start(
+        "[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
+    )
+    .await;
+    let mut events = Events::new(post(&gateway, &chat_body("slow", true)).await);
+    let id = events.stream_id();
+    events.next().await.unwrap();
+    let cancel = http()
+        .post(format!("{}/v1/streams/{id}/cancel", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let rest = events.rest().await;
+    let last: serde_json::Value = serde_json::from_str(&rest.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "cancelled");
+    assert!(rest.iter().all(|e| e.data != "[DONE]"));
+    gateway.settle().await;
+    let status: serde_json::Value = http()
+        .get(format!("{}/v1/streams/{id}/status", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "cancelled");
+    assert_eq!(gateway.permits("slow", 0), 64, "the slot came back");
+}
+
+#[tokio::test]
+async fn an_unread_answer_is_stopped_after_the_reader_grace() {
+    let gateway = Gateway::start(
+        "[server]\nreader_grace_ms = 50\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
+    )
+    .await;
+    let mut events = Events::new(post(&gateway, &chat_body("slow", true)).await);
+    let id = events.stream_id();
+    events.next().await.unwrap();
+    drop(events); // the client went away and never came back
+    gateway.settle().await; // returns only because the grace cancelled the writer
+    let status: serde_json::Value = http()
+        .get(format!("{}/v1/streams/{id}/status", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "cancelled");
+    assert!(status["seq"].as_u64().unwrap() < 100_000);
+    assert_eq!(gateway.permits("slow", 0), 64);
+}
+
+#[tokio::test]
+async fn a_disconnect_does_not_stop_the_writer() {
+    let gateway = Gateway::start(SIM).await;
+    let mut events = Events::new(post(&gateway, &chat_body("sim", true)).await);
+    let id = events.stream_id();
+    events.next().await.unwrap();
+    drop(events);
+    gateway.settle().await;
+    let status: serde_json::Value = http()
+        .get(format!("{}/v1/streams/{id}/status", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["state"], "finished",
+        "the answer was written to the end"
+    );
+    assert_eq!(status["seq"], 42);
+}
+
+#[tokio::test]
+async fn shutdown_ends_readers_cleanly_and_leaves_unfinished_streams_open() {
+    let gateway = Gateway::start(
+        "[server]\nshutdown_grace_ms = 0\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
+    )
+    .await;
+    let mut events = Events::new(post(&gateway, &chat_body("slow", true)).await);
+    let id: streamlog::StreamId = events.stream_id().parse().unwrap();
+    events.next().await.unwrap();
+    let state = gateway.state.clone();
+    gateway.shutdown().await;
+    let rest = events.rest().await; // ends (cleanly) instead of hanging
+    assert!(
+        rest.iter()
+            .all(|e| e.data != "[DONE]" && !e.data.contains("\"error\""))
+    );
+    let meta = state.log.status(id).await.unwrap();
+    assert_eq!(
+        meta.state,
+        streamlog::StreamState::Open,
+        "never reported finished"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_flow_while_tokens_are_slow() {
+    let gateway = Gateway::start(
+        "[server]\nheartbeat_interval_ms = 10\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 3, interval_ms = 300 }]\n",
+    )
+    .await;
+    let response = post(&gateway, &chat_body("slow", true)).await;
+    let body = response.text().await.unwrap();
+    assert!(body.starts_with("retry: 1000\n"), "{body}");
+    assert!(body.contains(": keep-alive\n"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+}

@@ -1,0 +1,47 @@
+//! Provider adapters: where answers come from.
+//!
+//! A [`Provider`] turns a [`ChatRequest`] into a [`DeltaStream`] of [`Delta`]s. The
+//! gateway's router adds what is common to every upstream — concurrency limits, queues,
+//! timeouts, retries, fallback and continuation — so adapters stay small and only
+//! translate wire formats.
+//!
+//! # Layout
+//! - [`request`]: [`ChatRequest`] and [`Message`], the OpenAI-shaped request every
+//!   adapter receives (with `assistant_prefix` for continuation).
+//! - [`delta`]: [`Delta`], one piece of an answer, and the [`DeltaStream`] type.
+//! - [`error`]: [`ProviderError`], which knows its status and whether a retry may help.
+//! - [`openai`]: any Chat Completions-compatible server (OpenAI, vLLM, Ollama, …).
+//! - [`simulator`]: synthetic answers with fault injection, for load and fault tests
+//!   only — never presented as a model — also servable as a standalone HTTP server.
+
+pub mod delta;
+pub mod error;
+pub mod openai;
+pub mod request;
+pub mod simulator;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use delta::{Delta, DeltaStream};
+pub use error::ProviderError;
+pub use request::{ChatRequest, Message};
+
+/// The future [`Provider::stream`] returns.
+pub type ProviderFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<DeltaStream, ProviderError>> + Send + 'a>>;
+
+/// A source of answers.
+pub trait Provider: Send + Sync + 'static {
+    /// The adapter's kind, for logs and metrics (`"openai"`, `"simulator"`, …).
+    fn kind(&self) -> &'static str;
+
+    /// Whether [`ChatRequest::assistant_prefix`] is honoured (assistant prefill), so a
+    /// partial answer can be continued on this provider.
+    fn supports_prefill(&self) -> bool;
+
+    /// Start an answer. The future resolves once the upstream accepted the request
+    /// (status 200 and headers received), so an early refusal is an `Err` here, not an
+    /// item of the stream. Dropping the stream cancels the upstream request.
+    fn stream(&self, request: ChatRequest) -> ProviderFuture<'_>;
+}

@@ -1,0 +1,255 @@
+//! The in-memory backend, for tests and ephemeral deployments. Each stream is an entry
+//! holding its metadata and records behind one mutex plus a `watch` of its head; an
+//! append is "durable" the moment it is in the vector, so readers see it at once. Lost on
+//! restart. It applies the same `control` rules as the durable backends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::{Clock, millis};
+use crate::control::Control;
+use crate::cursor::{FETCH_CHUNK, Fetch, Head, HeadSource, follow};
+use crate::error::LogError;
+use crate::id::{Seq, StreamId};
+use crate::record::{
+    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
+    StreamState,
+};
+use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
+
+/// An in-memory [`StreamLog`].
+pub struct MemoryLog {
+    clock: Arc<dyn Clock>,
+    stream_ttl_ms: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<StreamId, Arc<Entry>>,
+    keys: HashMap<(String, String), (IdempotencyEntry, u64)>,
+}
+
+struct Entry {
+    inner: Mutex<Inner>,
+    head: watch::Sender<Head>,
+}
+
+struct Inner {
+    meta: StreamMeta,
+    control: Control,
+    records: Vec<Record>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a
+    // way later callers could observe wrongly (every update is a few assignments), so a
+    // poisoned lock is used as is.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl MemoryLog {
+    /// An empty log with the given clock and the default retention (24 h).
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self::with_ttl(clock, DEFAULT_STREAM_TTL)
+    }
+
+    /// An empty log keeping streams `stream_ttl` after they end.
+    pub fn with_ttl(clock: Arc<dyn Clock>, stream_ttl: Duration) -> Self {
+        Self {
+            clock,
+            stream_ttl_ms: millis(stream_ttl),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn entry(&self, id: StreamId) -> Result<Arc<Entry>, LogError> {
+        lock(&self.state)
+            .streams
+            .get(&id)
+            .cloned()
+            .ok_or(LogError::NotFound(id))
+    }
+
+    /// Run `f` on a stream's control state under its lock; publish the new head.
+    fn with_control<T>(
+        &self,
+        id: StreamId,
+        f: impl FnOnce(&mut Inner, u64) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let entry = self.entry(id)?;
+        let now = self.clock.now_ms();
+        let mut inner = lock(&entry.inner);
+        let out = f(&mut inner, now)?;
+        let head = Head {
+            last: inner.control.last_seq,
+            terminal: inner.control.state.is_terminal(),
+        };
+        entry.head.send_if_modified(|h| {
+            let changed = *h != head;
+            *h = head;
+            changed
+        });
+        Ok(out)
+    }
+}
+
+impl Inner {
+    fn snapshot(&self) -> StreamMeta {
+        let mut meta = self.meta.clone();
+        meta.state = self.control.state;
+        meta.updated_ms = self.control.updated_ms;
+        meta.last_seq = self.control.last_seq;
+        meta.lease = self.control.lease.clone();
+        meta.fence = self.control.fence;
+        meta
+    }
+}
+
+impl Fetch for Entry {
+    fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Vec<(Seq, Record)>> {
+        let inner = lock(&self.inner);
+        let end = upto
+            .min(after + FETCH_CHUNK)
+            .min(inner.records.len() as u64)
+            .max(after);
+        let out: Vec<(Seq, Record)> = (after + 1..=end)
+            .zip(inner.records[after as usize..end as usize].iter().cloned())
+            .collect();
+        drop(inner);
+        Box::pin(std::future::ready(Ok(out)))
+    }
+}
+
+impl StreamLog for MemoryLog {
+    fn create(&self, new: NewStream) -> LogFuture<'_, StreamMeta> {
+        let now = self.clock.now_ms();
+        let mut state = lock(&self.state);
+        let result =
+            if let std::collections::hash_map::Entry::Vacant(slot) = state.streams.entry(new.id) {
+                let control = Control::new(now);
+                let meta = StreamMeta {
+                    id: new.id,
+                    owner: new.owner,
+                    kind: new.kind,
+                    request: new.request,
+                    state: StreamState::Open,
+                    created_ms: now,
+                    updated_ms: now,
+                    last_seq: 0,
+                    lease: None,
+                    fence: 0,
+                };
+                let (head, _) = watch::channel(Head::default());
+                let entry = Arc::new(Entry {
+                    inner: Mutex::new(Inner {
+                        meta: meta.clone(),
+                        control,
+                        records: Vec::new(),
+                    }),
+                    head,
+                });
+                slot.insert(entry);
+                Ok(meta)
+            } else {
+                Err(LogError::AlreadyExists(new.id))
+            };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn append(
+        &self,
+        id: StreamId,
+        token: FencingToken,
+        records: Vec<Record>,
+    ) -> LogFuture<'_, Seq> {
+        let result = self.with_control(id, |inner, now| {
+            inner.control.append(id, token, records.len(), now)?;
+            inner.records.extend(records);
+            Ok(inner.control.last_seq)
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn finish(&self, id: StreamId, token: FencingToken, state: StreamState) -> LogFuture<'_, ()> {
+        let result =
+            self.with_control(id, |inner, now| inner.control.finish(id, token, state, now));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn read(&self, id: StreamId, after: Seq) -> LogFuture<'_, RecordStream> {
+        let result = self.entry(id).map(|entry| {
+            let rx = entry.head.subscribe();
+            follow(entry, HeadSource::Live(rx), after)
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn status(&self, id: StreamId) -> LogFuture<'_, StreamMeta> {
+        let result = self.entry(id).map(|entry| lock(&entry.inner).snapshot());
+        Box::pin(std::future::ready(result))
+    }
+
+    fn acquire_lease(&self, id: StreamId, holder: String, ttl: Duration) -> LogFuture<'_, Lease> {
+        let result = self.with_control(id, |inner, now| {
+            inner.control.acquire(id, holder, millis(ttl), now)
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn renew_lease(
+        &self,
+        id: StreamId,
+        token: FencingToken,
+        ttl: Duration,
+    ) -> LogFuture<'_, Lease> {
+        let result = self.with_control(id, |inner, now| {
+            inner.control.renew(id, token, millis(ttl), now)
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn release_lease(&self, id: StreamId, token: FencingToken) -> LogFuture<'_, ()> {
+        let result = self.with_control(id, |inner, now| inner.control.release(id, token, now));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn insert_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+        entry: IdempotencyEntry,
+    ) -> LogFuture<'_, IdempotencyOutcome> {
+        let now = self.clock.now_ms();
+        let mut state = lock(&self.state);
+        let outcome = match state.keys.entry((principal, key)) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                IdempotencyOutcome::Existing(o.get().0.clone())
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((entry, now));
+                IdempotencyOutcome::Inserted
+            }
+        };
+        Box::pin(std::future::ready(Ok(outcome)))
+    }
+
+    fn purge_expired(&self) -> LogFuture<'_, usize> {
+        let now = self.clock.now_ms();
+        let ttl = self.stream_ttl_ms;
+        let mut state = lock(&self.state);
+        let before = state.streams.len();
+        state
+            .streams
+            .retain(|_, entry| !lock(&entry.inner).control.expired(ttl, now));
+        let purged = before - state.streams.len();
+        let State { streams, keys } = &mut *state;
+        keys.retain(|_, (entry, inserted)| {
+            streams.contains_key(&entry.stream) || inserted.saturating_add(ttl) > now
+        });
+        Box::pin(std::future::ready(Ok(purged)))
+    }
+}

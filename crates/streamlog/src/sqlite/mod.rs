@@ -1,0 +1,350 @@
+//! The sqlite backend: durable on one node, the default. The database runs in WAL mode
+//! with ONE writer thread doing group commit (`writer`): appends from any number of
+//! streams are batched into one transaction, and each caller's future resolves only
+//! after the transaction holding its batch committed. The last records of every open
+//! stream stay in memory (the hot tail, `reader`), so live readers never wait on disk;
+//! a stream's tail is dropped when it ends, and capped at `tail_capacity` records while
+//! it runs. Older records are read from the database on a small pool of read-only
+//! connections.
+//!
+//! # What an acknowledged append guarantees
+//!
+//! When `append` returns `Ok(seq)`, the transaction holding the records up to `seq` has
+//! committed: it is in the WAL file, and every later reader (in this process or after a
+//! restart) sees it. What survives depends on [`Synchronous`]:
+//!
+//! - [`Synchronous::Normal`] (default, `PRAGMA synchronous=NORMAL`): the commit has been
+//!   written to the WAL file but not fsync'd. It survives the process crashing or being
+//!   killed (`kill -9`, OOM killer, panic): the data is in the OS page cache and the next
+//!   open recovers it from the WAL. It may be lost if the *machine* loses power or the
+//!   kernel crashes before the OS flushes (the database itself stays consistent: the
+//!   log then ends at an earlier, fully committed batch).
+//! - [`Synchronous::Full`] (`PRAGMA synchronous=FULL`): the WAL is fsync'd before the
+//!   commit returns, so an acknowledged append also survives power loss. Each batch
+//!   pays one fsync; group commit amortises it over every append in the batch.
+//!
+//! Readers only ever see committed records: the tail is filled after the commit, and
+//! the database readers see committed transactions only. So no reader can be shown a
+//! seq that a crash would erase and a later writer rewrite differently.
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::clock::{Clock, millis};
+use crate::cursor::{Head, HeadSource, follow};
+use crate::error::LogError;
+use crate::id::{Seq, StreamId};
+use crate::record::{
+    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
+    StreamState,
+};
+use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
+
+use reader::{HotMap, ReadPool, SqliteFetch, Subscription};
+use writer::{Command, Op, Writer, WriterSettings};
+
+/// WAL pages after which a commit also checkpoints (≈40 MB). A checkpoint syncs the
+/// database file, so checkpointing less often than sqlite's default (1000 pages) keeps
+/// that cost off most commits.
+const WAL_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// How hard a commit is pushed to disk; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `synchronous=NORMAL`: acknowledged appends survive a process crash.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: acknowledged appends also survive power loss.
+    Full,
+}
+
+/// Settings of a [`SqliteLog`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file (created if missing; `-wal` and `-shm` files live beside it).
+    pub path: PathBuf,
+    /// Durability of an acknowledged append.
+    pub synchronous: Synchronous,
+    /// A batch is committed once it holds this many records (default 4096).
+    pub max_batch_records: usize,
+    /// How long the writer keeps gathering a batch once it has started, when the queue
+    /// runs empty (default 500 µs). Applied only when the previous batch held more than
+    /// one command: with many concurrent writers it turns many small commits into one
+    /// large one; a lone sequential writer never waits (its next append cannot arrive
+    /// before its current one is acknowledged). Zero commits as soon as the queue is
+    /// empty.
+    pub max_batch_delay: Duration,
+    /// Commands queued for the writer at most; callers wait beyond (default 65,536).
+    pub max_pending: usize,
+    /// Records of each open stream kept in memory for live readers (default 4096).
+    pub tail_capacity: usize,
+    /// Read-only connections for replay and status (default 4).
+    pub reader_connections: usize,
+    /// How long a stream is kept after it ends (default 24 h).
+    pub stream_ttl: Duration,
+}
+
+impl SqliteConfig {
+    /// Defaults for a database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Normal,
+            max_batch_records: 4096,
+            max_batch_delay: Duration::from_micros(500),
+            max_pending: 65_536,
+            tail_capacity: 4096,
+            reader_connections: 4,
+            stream_ttl: DEFAULT_STREAM_TTL,
+        }
+    }
+}
+
+/// The durable [`StreamLog`] on sqlite. Dropping it drains the writer's queue, stops the
+/// writer thread (waiting for it) and ends live readers with [`LogError::Closed`].
+pub struct SqliteLog {
+    tx: mpsc::Sender<Command>,
+    permits: Arc<Semaphore>,
+    hot: Arc<HotMap>,
+    pool: Arc<ReadPool>,
+    // Declared last: dropped after `tx`, so the writer sees the channel close first.
+    _writer: WriterThread,
+}
+
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("stream log writer thread panicked");
+        }
+    }
+}
+
+impl SqliteLog {
+    /// Open (or create) the database and start the writer thread.
+    ///
+    /// # Errors
+    /// Storage errors opening the file or creating the schema.
+    pub fn open(config: SqliteConfig, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
+        let conn = Connection::open(&config.path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(LogError::Storage(
+                format!("could not enable WAL (journal_mode={mode})").into(),
+            ));
+        }
+        let sync = match config.synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}; {}",
+            schema::SCHEMA
+        ))?;
+        conn.set_prepared_statement_cache_capacity(64);
+
+        let hot: Arc<HotMap> = Arc::default();
+        let settings = WriterSettings {
+            max_batch_records: config.max_batch_records.max(1),
+            max_batch_delay: config.max_batch_delay,
+            tail_capacity: config.tail_capacity,
+            stream_ttl_ms: millis(config.stream_ttl),
+        };
+        let writer = Writer::new(conn, clock, Arc::clone(&hot), settings);
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("streamlog-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(LogError::storage)?;
+        Ok(Self {
+            tx,
+            permits: Arc::new(Semaphore::new(config.max_pending.max(1))),
+            hot,
+            pool: Arc::new(ReadPool::new(config.path, config.reader_connections)),
+            _writer: WriterThread(Some(handle)),
+        })
+    }
+
+    /// Send an operation to the writer and wait for its answer.
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Op,
+    ) -> Result<T, LogError> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command {
+                op: op(reply),
+                _permit: permit,
+            })
+            .map_err(|_| LogError::Closed)?;
+        // A dropped reply means the batch was aborted by a storage failure before this
+        // command got its own answer.
+        rx.await
+            .map_err(|_| LogError::Storage("write batch aborted".into()))?
+    }
+
+    fn reader(&self, sub: Subscription, after: Seq) -> RecordStream {
+        match sub {
+            Subscription::Live { rid, head, tail } => follow(
+                Arc::new(SqliteFetch {
+                    rid,
+                    tail: Some(tail),
+                    pool: Arc::clone(&self.pool),
+                }),
+                HeadSource::Live(head),
+                after,
+            ),
+            Subscription::Ended { rid, last } => follow(
+                Arc::new(SqliteFetch {
+                    rid,
+                    tail: None,
+                    pool: Arc::clone(&self.pool),
+                }),
+                HeadSource::Fixed(Head {
+                    last,
+                    terminal: true,
+                }),
+                after,
+            ),
+        }
+    }
+
+    async fn read_impl(&self, id: StreamId, after: Seq) -> Result<RecordStream, LogError> {
+        let hot = self
+            .hot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .map(writer::live);
+        if let Some(sub) = hot {
+            return Ok(self.reader(sub, after));
+        }
+        let found = self
+            .pool
+            .run(move |conn| schema::load_control(conn, id))
+            .await?;
+        let Some((rid, control)) = found else {
+            return Err(LogError::NotFound(id));
+        };
+        let sub = if control.state.is_terminal() {
+            Subscription::Ended {
+                rid,
+                last: control.last_seq,
+            }
+        } else {
+            // An open stream nobody wrote or read since the log opened: the writer makes
+            // it hot, in order with its commits.
+            self.call(|reply| Op::Subscribe(id, reply)).await?
+        };
+        Ok(self.reader(sub, after))
+    }
+}
+
+impl StreamLog for SqliteLog {
+    fn create(&self, new: NewStream) -> LogFuture<'_, StreamMeta> {
+        Box::pin(self.call(|reply| Op::Create(new, reply)))
+    }
+
+    fn append(
+        &self,
+        id: StreamId,
+        token: FencingToken,
+        records: Vec<Record>,
+    ) -> LogFuture<'_, Seq> {
+        Box::pin(async move {
+            // Serialised once, here, on the caller's task rather than the writer thread.
+            let bodies = records
+                .iter()
+                .map(Record::to_json)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| LogError::Corrupt(e.to_string()))?;
+            self.call(|reply| Op::Append {
+                id,
+                token,
+                records,
+                bodies,
+                reply,
+            })
+            .await
+        })
+    }
+
+    fn finish(&self, id: StreamId, token: FencingToken, state: StreamState) -> LogFuture<'_, ()> {
+        Box::pin(self.call(move |reply| Op::Finish {
+            id,
+            token,
+            state,
+            reply,
+        }))
+    }
+
+    fn read(&self, id: StreamId, after: Seq) -> LogFuture<'_, RecordStream> {
+        Box::pin(self.read_impl(id, after))
+    }
+
+    fn status(&self, id: StreamId) -> LogFuture<'_, StreamMeta> {
+        Box::pin(self.pool.run(move |conn| schema::load_meta(conn, id)))
+    }
+
+    fn acquire_lease(&self, id: StreamId, holder: String, ttl: Duration) -> LogFuture<'_, Lease> {
+        Box::pin(self.call(move |reply| Op::Acquire {
+            id,
+            holder,
+            ttl_ms: millis(ttl),
+            reply,
+        }))
+    }
+
+    fn renew_lease(
+        &self,
+        id: StreamId,
+        token: FencingToken,
+        ttl: Duration,
+    ) -> LogFuture<'_, Lease> {
+        Box::pin(self.call(move |reply| Op::Renew {
+            id,
+            token,
+            ttl_ms: millis(ttl),
+            reply,
+        }))
+    }
+
+    fn release_lease(&self, id: StreamId, token: FencingToken) -> LogFuture<'_, ()> {
+        Box::pin(self.call(move |reply| Op::Release { id, token, reply }))
+    }
+
+    fn insert_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+        entry: IdempotencyEntry,
+    ) -> LogFuture<'_, IdempotencyOutcome> {
+        Box::pin(self.call(move |reply| Op::InsertKey {
+            principal,
+            key,
+            entry,
+            reply,
+        }))
+    }
+
+    fn purge_expired(&self) -> LogFuture<'_, usize> {
+        Box::pin(self.call(Op::Purge))
+    }
+}

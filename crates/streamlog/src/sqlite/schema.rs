@@ -1,0 +1,154 @@
+//! The sqlite schema and row decoding. Streams get an integer `rid` so each record row
+//! is keyed by `(rid, seq)` (a `WITHOUT ROWID` table clustered by stream and seq: a
+//! replay is one range scan). Records are stored as their JSON (serialised once, by the
+//! appending task, not by the writer thread).
+
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use crate::control::Control;
+use crate::error::LogError;
+use crate::id::StreamId;
+use crate::record::{Lease, StreamKind, StreamMeta, StreamState};
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS streams (
+    rid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    request BLOB NOT NULL,
+    state INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    lease_holder TEXT,
+    lease_token INTEGER,
+    lease_expires_ms INTEGER,
+    fence INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS streams_ended ON streams(updated_ms) WHERE state != 0;
+CREATE TABLE IF NOT EXISTS records (
+    rid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (rid, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    principal TEXT NOT NULL,
+    key TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    request_hash BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (principal, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_stream ON idempotency(stream);
+";
+
+pub(crate) const CONTROL_COLUMNS: &str =
+    "rid, state, last_seq, lease_holder, lease_token, lease_expires_ms, fence, updated_ms";
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: &str) -> LogError {
+    LogError::Corrupt(format!("invalid {what} in streams table"))
+}
+
+/// Decode `CONTROL_COLUMNS` starting at column `at`.
+pub(crate) fn control_from_row(row: &Row<'_>, at: usize) -> Result<(i64, Control), LogError> {
+    let rid: i64 = row.get(at)?;
+    let state = StreamState::from_i64(row.get(at + 1)?).ok_or_else(|| corrupt("state"))?;
+    let holder: Option<String> = row.get(at + 3)?;
+    let token: Option<i64> = row.get(at + 4)?;
+    let expires: Option<i64> = row.get(at + 5)?;
+    let lease = match (holder, token, expires) {
+        (Some(holder), Some(token), Some(expires)) => Some(Lease {
+            holder,
+            token: to_u64(token),
+            expires_at_ms: to_u64(expires),
+        }),
+        _ => None,
+    };
+    Ok((
+        rid,
+        Control {
+            state,
+            last_seq: to_u64(row.get(at + 2)?),
+            lease,
+            fence: to_u64(row.get(at + 6)?),
+            updated_ms: to_u64(row.get(at + 7)?),
+        },
+    ))
+}
+
+/// Load a stream's rid and control state.
+pub(crate) fn load_control(
+    conn: &Connection,
+    id: StreamId,
+) -> Result<Option<(i64, Control)>, LogError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONTROL_COLUMNS} FROM streams WHERE id = ?1"
+    ))?;
+    let mut rows = stmt.query([id.to_string()])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(control_from_row(row, 0)?)),
+        None => Ok(None),
+    }
+}
+
+/// Load a stream's full metadata.
+pub(crate) fn load_meta(conn: &Connection, id: StreamId) -> Result<StreamMeta, LogError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT owner, kind, request, created_ms, {CONTROL_COLUMNS} FROM streams WHERE id = ?1"
+    ))?;
+    let found = stmt
+        .query_row([id.to_string()], |row| {
+            let owner: String = row.get(0)?;
+            let kind: i64 = row.get(1)?;
+            let request: Vec<u8> = row.get(2)?;
+            let created: i64 = row.get(3)?;
+            Ok((owner, kind, request, created, control_from_row(row, 4)))
+        })
+        .optional()?;
+    let Some((owner, kind, request, created, control)) = found else {
+        return Err(LogError::NotFound(id));
+    };
+    let (_, control) = control?;
+    Ok(StreamMeta {
+        id,
+        owner,
+        kind: StreamKind::from_i64(kind).ok_or_else(|| corrupt("kind"))?,
+        request: request.into(),
+        state: control.state,
+        created_ms: to_u64(created),
+        updated_ms: control.updated_ms,
+        last_seq: control.last_seq,
+        lease: control.lease,
+        fence: control.fence,
+    })
+}
+
+/// Write a stream's control state back.
+pub(crate) fn store_control(conn: &Connection, rid: i64, c: &Control) -> Result<(), LogError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE streams SET state = ?2, last_seq = ?3, lease_holder = ?4, lease_token = ?5,
+         lease_expires_ms = ?6, fence = ?7, updated_ms = ?8 WHERE rid = ?1",
+    )?;
+    let lease = c.lease.as_ref();
+    stmt.execute(rusqlite::params![
+        rid,
+        c.state.to_i64(),
+        to_i64(c.last_seq),
+        lease.map(|l| l.holder.as_str()),
+        lease.map(|l| to_i64(l.token)),
+        lease.map(|l| to_i64(l.expires_at_ms)),
+        to_i64(c.fence),
+        to_i64(c.updated_ms),
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,626 @@
+//! The single writer thread of the sqlite backend, doing group commit. Every mutation
+//! (create, append, finish, leases, idempotency keys, purge) is a [`Command`] sent over a
+//! channel; the thread takes the first command, gathers every command already queued (up
+//! to `max_batch_records` records; if the previous batch held more than one command, it
+//! also waits up to `max_batch_delay` for more — concurrent writers whose appends were
+//! just acknowledged are about to send their next ones), applies
+//! them in one transaction and commits. Only then does it push appended records into the
+//! hot tails, publish the new heads to readers, and answer the callers — so an
+//! acknowledged append, and anything a reader sees, is committed. The thread keeps the
+//! control state (seq, lease, fence) of the streams it touched in memory, so an append
+//! costs its `INSERT`s and, per batch, one `UPDATE` per stream it touched.
+
+use std::collections::{HashMap, hash_map};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::control::Control;
+use crate::cursor::Head;
+use crate::error::LogError;
+use crate::id::{Seq, StreamId};
+use crate::record::{
+    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
+    StreamState,
+};
+use crate::sqlite::reader::{HotEntry, HotMap, Subscription, Tail};
+use crate::sqlite::schema::{load_control, store_control, to_i64};
+
+type Reply<T> = oneshot::Sender<Result<T, LogError>>;
+
+/// One request to the writer, holding a permit of the pending-commands semaphore.
+pub(crate) struct Command {
+    pub op: Op,
+    pub _permit: OwnedSemaphorePermit,
+}
+
+/// The operations the writer performs.
+pub(crate) enum Op {
+    Create(NewStream, Reply<StreamMeta>),
+    Append {
+        id: StreamId,
+        token: FencingToken,
+        records: Vec<Record>,
+        bodies: Vec<Vec<u8>>,
+        reply: Reply<Seq>,
+    },
+    Finish {
+        id: StreamId,
+        token: FencingToken,
+        state: StreamState,
+        reply: Reply<()>,
+    },
+    Acquire {
+        id: StreamId,
+        holder: String,
+        ttl_ms: u64,
+        reply: Reply<Lease>,
+    },
+    Renew {
+        id: StreamId,
+        token: FencingToken,
+        ttl_ms: u64,
+        reply: Reply<Lease>,
+    },
+    Release {
+        id: StreamId,
+        token: FencingToken,
+        reply: Reply<()>,
+    },
+    InsertKey {
+        principal: String,
+        key: String,
+        entry: IdempotencyEntry,
+        reply: Reply<IdempotencyOutcome>,
+    },
+    Purge(Reply<usize>),
+    Subscribe(StreamId, Reply<Subscription>),
+}
+
+impl Op {
+    fn weight(&self) -> usize {
+        match self {
+            Op::Append { records, .. } => records.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// The settings the writer needs.
+pub(crate) struct WriterSettings {
+    pub max_batch_records: usize,
+    pub max_batch_delay: Duration,
+    pub tail_capacity: usize,
+    pub stream_ttl_ms: u64,
+}
+
+/// The outcome of one command, waiting for the commit.
+enum Done {
+    Create(Reply<StreamMeta>, Result<(i64, StreamMeta), LogError>),
+    Append(Reply<Seq>, Result<(StreamId, Seq, Vec<Record>), LogError>),
+    Finish(Reply<()>, Result<(StreamId, Seq), LogError>),
+    Lease(Reply<Lease>, Result<Lease, LogError>),
+    Unit(Reply<()>, Result<(), LogError>),
+    Key(
+        Reply<IdempotencyOutcome>,
+        Result<IdempotencyOutcome, LogError>,
+    ),
+    Purge(Reply<usize>, Result<Vec<StreamId>, LogError>),
+    Subscribe(StreamId, Reply<Subscription>),
+}
+
+struct Cached {
+    rid: i64,
+    control: Control,
+    /// Changed in this batch and not yet written back.
+    dirty: bool,
+}
+
+/// The cached control state of a stream, loading it on a miss.
+fn cached<'a>(
+    cache: &'a mut HashMap<StreamId, Cached>,
+    conn: &Connection,
+    id: StreamId,
+) -> Result<&'a mut Cached, LogError> {
+    match cache.entry(id) {
+        hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
+        hash_map::Entry::Vacant(v) => {
+            let (rid, control) = load_control(conn, id)?.ok_or(LogError::NotFound(id))?;
+            Ok(v.insert(Cached {
+                rid,
+                control,
+                dirty: false,
+            }))
+        }
+    }
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    hot: Arc<HotMap>,
+    settings: WriterSettings,
+    cache: HashMap<StreamId, Cached>,
+    dirty: Vec<StreamId>,
+}
+
+/// A storage failure is reported to every caller of the failed batch; the error type is
+/// not `Clone`, so each gets its own copy of the message.
+fn batch_failed(e: &LogError) -> LogError {
+    LogError::Storage(e.to_string().into())
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        clock: Arc<dyn Clock>,
+        hot: Arc<HotMap>,
+        settings: WriterSettings,
+    ) -> Self {
+        Self {
+            conn,
+            clock,
+            hot,
+            settings,
+            cache: HashMap::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Serve commands until every sender is gone, then end every live reader.
+    pub fn run(mut self, rx: Receiver<Command>) {
+        let span = tracing::info_span!("streamlog.sqlite.writer");
+        let _enter = span.enter();
+        let mut batch = Vec::new();
+        let mut previous = 0usize;
+        while let Ok(first) = rx.recv() {
+            let started = Instant::now();
+            // Linger for more commands only when the last batch showed concurrent
+            // writers: a lone sequential writer would just pay the delay on every append.
+            let linger = if previous > 1 {
+                self.settings.max_batch_delay
+            } else {
+                Duration::ZERO
+            };
+            let mut weight = first.op.weight();
+            batch.push(first);
+            while weight < self.settings.max_batch_records {
+                let next = match rx.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) if linger.is_zero() => None,
+                    Err(_) => rx
+                        .recv_timeout(linger.saturating_sub(started.elapsed()))
+                        .ok(),
+                };
+                let Some(cmd) = next else { break };
+                weight += cmd.op.weight();
+                batch.push(cmd);
+            }
+            let commands = batch.len();
+            previous = commands;
+            self.process(&mut batch);
+            tracing::trace!(commands, records = weight, elapsed = ?started.elapsed(), "batch committed");
+        }
+        // Dropping the heads ends every live reader with `LogError::Closed`.
+        self.hot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn process(&mut self, batch: &mut Vec<Command>) {
+        let now = self.clock.now_ms();
+        let mut done = Vec::with_capacity(batch.len());
+        let outcome = self.apply_all(batch.drain(..), now, &mut done);
+        match outcome {
+            Ok(()) => {
+                for d in done {
+                    self.publish(d);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stream log batch failed; rolled back");
+                // The cached control state may reflect the rolled-back batch.
+                self.cache.clear();
+                self.dirty.clear();
+                for d in done {
+                    fail(d, &e);
+                }
+            }
+        }
+    }
+
+    fn apply_all(
+        &mut self,
+        commands: impl Iterator<Item = Command>,
+        now: u64,
+        done: &mut Vec<Done>,
+    ) -> Result<(), LogError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            for cmd in commands {
+                let d = self.apply(cmd.op, now)?;
+                done.push(d);
+            }
+            self.flush_dirty()?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+        if result.is_err() {
+            // Best effort: the transaction may already be gone.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    fn flush_dirty(&mut self) -> Result<(), LogError> {
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(c) = self.cache.get_mut(&id) {
+                c.dirty = false;
+                store_control(&self.conn, c.rid, &c.control)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a control change to a cached stream. `Err` of the outer result aborts the
+    /// batch (storage failure); `Err` inside only rejects this command.
+    fn change<T>(
+        &mut self,
+        id: StreamId,
+        f: impl FnOnce(&mut Control) -> Result<T, LogError>,
+    ) -> Result<Result<T, LogError>, LogError> {
+        let c = match cached(&mut self.cache, &self.conn, id) {
+            Ok(c) => c,
+            Err(e @ LogError::NotFound(_)) => return Ok(Err(e)),
+            Err(e) => return Err(e),
+        };
+        let out = f(&mut c.control);
+        if out.is_ok() && !c.dirty {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, op: Op, now: u64) -> Result<Done, LogError> {
+        Ok(match op {
+            Op::Create(new, reply) => {
+                let r = self.create(new, now)?;
+                Done::Create(reply, r)
+            }
+            Op::Append {
+                id,
+                token,
+                records,
+                bodies,
+                reply,
+            } => {
+                let r = self.change(id, |c| c.append(id, token, records.len(), now))?;
+                let r = match r {
+                    Ok(first) => {
+                        let rid = cached(&mut self.cache, &self.conn, id)?.rid;
+                        let mut stmt = self.conn.prepare_cached(
+                            "INSERT INTO records (rid, seq, body) VALUES (?1, ?2, ?3)",
+                        )?;
+                        for (i, body) in bodies.iter().enumerate() {
+                            stmt.execute(rusqlite::params![rid, to_i64(first + i as u64), body])?;
+                        }
+                        Ok((id, first, records))
+                    }
+                    Err(e) => Err(e),
+                };
+                Done::Append(reply, r)
+            }
+            Op::Finish {
+                id,
+                token,
+                state,
+                reply,
+            } => {
+                let r = self.change(id, |c| {
+                    c.finish(id, token, state, now)?;
+                    Ok((id, c.last_seq))
+                })?;
+                Done::Finish(reply, r)
+            }
+            Op::Acquire {
+                id,
+                holder,
+                ttl_ms,
+                reply,
+            } => Done::Lease(
+                reply,
+                self.change(id, |c| c.acquire(id, holder, ttl_ms, now))?,
+            ),
+            Op::Renew {
+                id,
+                token,
+                ttl_ms,
+                reply,
+            } => Done::Lease(reply, self.change(id, |c| c.renew(id, token, ttl_ms, now))?),
+            Op::Release { id, token, reply } => {
+                Done::Unit(reply, self.change(id, |c| c.release(id, token, now))?)
+            }
+            Op::InsertKey {
+                principal,
+                key,
+                entry,
+                reply,
+            } => Done::Key(reply, Ok(self.insert_key(principal, key, entry, now)?)),
+            Op::Purge(reply) => Done::Purge(reply, Ok(self.purge(now)?)),
+            Op::Subscribe(id, reply) => Done::Subscribe(id, reply),
+        })
+    }
+
+    fn create(
+        &mut self,
+        new: NewStream,
+        now: u64,
+    ) -> Result<Result<(i64, StreamMeta), LogError>, LogError> {
+        let control = Control::new(now);
+        let changed = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO streams (id, owner, kind, request, state, created_ms, updated_ms,
+             last_seq, fence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0, 0)
+             ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(rusqlite::params![
+                new.id.to_string(),
+                new.owner,
+                new.kind.to_i64(),
+                new.request.as_ref(),
+                control.state.to_i64(),
+                to_i64(now),
+            ])?;
+        if changed == 0 {
+            return Ok(Err(LogError::AlreadyExists(new.id)));
+        }
+        let rid = self.conn.last_insert_rowid();
+        let meta = StreamMeta {
+            id: new.id,
+            owner: new.owner,
+            kind: new.kind,
+            request: new.request,
+            state: control.state,
+            created_ms: now,
+            updated_ms: now,
+            last_seq: 0,
+            lease: None,
+            fence: 0,
+        };
+        self.cache.insert(
+            new.id,
+            Cached {
+                rid,
+                control,
+                dirty: false,
+            },
+        );
+        Ok(Ok((rid, meta)))
+    }
+
+    fn insert_key(
+        &mut self,
+        principal: String,
+        key: String,
+        entry: IdempotencyEntry,
+        now: u64,
+    ) -> Result<IdempotencyOutcome, LogError> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO idempotency (principal, key, stream, request_hash, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (principal, key) DO NOTHING",
+            )?
+            .execute(rusqlite::params![
+                principal,
+                key,
+                entry.stream.to_string(),
+                entry.request_hash,
+                to_i64(now)
+            ])?;
+        if changed == 1 {
+            return Ok(IdempotencyOutcome::Inserted);
+        }
+        let (stream, request_hash): (String, Vec<u8>) = self
+            .conn
+            .prepare_cached(
+                "SELECT stream, request_hash FROM idempotency WHERE principal = ?1 AND key = ?2",
+            )?
+            .query_row(rusqlite::params![principal, key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let stream = stream
+            .parse()
+            .map_err(|e: crate::ParseStreamIdError| LogError::Corrupt(e.to_string()))?;
+        Ok(IdempotencyOutcome::Existing(IdempotencyEntry {
+            stream,
+            request_hash,
+        }))
+    }
+
+    fn purge(&mut self, now: u64) -> Result<Vec<StreamId>, LogError> {
+        // Control changes earlier in this batch must be visible to the query.
+        self.flush_dirty()?;
+        let cutoff = to_i64(now.saturating_sub(self.settings.stream_ttl_ms));
+        let expired: Vec<(i64, String)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT rid, id FROM streams WHERE state != 0 AND updated_ms <= ?1",
+            )?;
+            let rows = stmt.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut purged = Vec::with_capacity(expired.len());
+        for (rid, id) in expired {
+            self.conn
+                .prepare_cached("DELETE FROM records WHERE rid = ?1")?
+                .execute([rid])?;
+            self.conn
+                .prepare_cached("DELETE FROM idempotency WHERE stream = ?1")?
+                .execute([&id])?;
+            self.conn
+                .prepare_cached("DELETE FROM streams WHERE rid = ?1")?
+                .execute([rid])?;
+            if let Ok(id) = id.parse::<StreamId>() {
+                self.cache.remove(&id);
+                purged.push(id);
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "DELETE FROM idempotency WHERE created_ms <= ?1
+                 AND NOT EXISTS (SELECT 1 FROM streams WHERE streams.id = idempotency.stream)",
+            )?
+            .execute([cutoff])?;
+        Ok(purged)
+    }
+
+    /// After the commit: update the hot tails and heads, then answer the caller.
+    fn publish(&mut self, done: Done) {
+        match done {
+            Done::Create(reply, r) => {
+                let r = r.map(|(rid, meta)| {
+                    self.hot_entry(meta.id, rid, 0);
+                    meta
+                });
+                let _ = reply.send(r);
+            }
+            Done::Append(reply, r) => {
+                let r = r.map(|(id, first, records)| {
+                    let last = first + records.len() as u64 - 1;
+                    let rid = self.cache.get(&id).map_or(0, |c| c.rid);
+                    let capacity = self.settings.tail_capacity;
+                    let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
+                    let entry = hot.entry(id).or_insert_with(|| new_hot(rid, first - 1));
+                    entry
+                        .tail
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(first, records, capacity);
+                    entry.head.send_replace(Head {
+                        last,
+                        terminal: false,
+                    });
+                    last
+                });
+                let _ = reply.send(r);
+            }
+            Done::Finish(reply, r) => {
+                let r = r.map(|(id, last)| {
+                    self.cache.remove(&id);
+                    let removed = self
+                        .hot
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
+                    if let Some(entry) = removed {
+                        entry.head.send_replace(Head {
+                            last,
+                            terminal: true,
+                        });
+                    }
+                });
+                let _ = reply.send(r);
+            }
+            Done::Lease(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Done::Unit(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Done::Key(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Done::Purge(reply, r) => {
+                let r = r.map(|ids| {
+                    let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
+                    for id in &ids {
+                        hot.remove(id);
+                    }
+                    ids.len()
+                });
+                let _ = reply.send(r);
+            }
+            Done::Subscribe(id, reply) => {
+                let _ = reply.send(self.subscribe(id));
+            }
+        }
+    }
+
+    fn hot_entry(&self, id: StreamId, rid: i64, last: Seq) {
+        self.hot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_insert_with(|| new_hot(rid, last));
+    }
+
+    fn subscribe(&mut self, id: StreamId) -> Result<Subscription, LogError> {
+        if let Some(entry) = self
+            .hot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(live(entry));
+        }
+        let c = cached(&mut self.cache, &self.conn, id)?;
+        let (rid, last, state) = (c.rid, c.control.last_seq, c.control.state);
+        if state.is_terminal() {
+            self.cache.remove(&id);
+            return Ok(Subscription::Ended { rid, last });
+        }
+        let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = hot.entry(id).or_insert_with(|| new_hot(rid, last));
+        Ok(live(entry))
+    }
+}
+
+fn new_hot(rid: i64, last: Seq) -> HotEntry {
+    let (head, _) = watch::channel(Head {
+        last,
+        terminal: false,
+    });
+    HotEntry {
+        rid,
+        head,
+        tail: Arc::new(RwLock::new(Tail::starting_at(last + 1))),
+    }
+}
+
+/// A live subscription to a hot entry.
+pub(crate) fn live(entry: &HotEntry) -> Subscription {
+    Subscription::Live {
+        rid: entry.rid,
+        head: entry.head.subscribe(),
+        tail: Arc::clone(&entry.tail),
+    }
+}
+
+fn fail(done: Done, e: &LogError) {
+    fn answer<T, U>(reply: Reply<T>, r: Result<U, LogError>, e: &LogError) {
+        let _ = reply.send(Err(match r {
+            Ok(_) => batch_failed(e),
+            Err(own) => own,
+        }));
+    }
+    match done {
+        Done::Create(reply, r) => answer(reply, r, e),
+        Done::Append(reply, r) => answer(reply, r, e),
+        Done::Finish(reply, r) => answer(reply, r, e),
+        Done::Lease(reply, r) => answer(reply, r, e),
+        Done::Unit(reply, r) => answer(reply, r, e),
+        Done::Key(reply, r) => answer(reply, r, e),
+        Done::Purge(reply, r) => answer(reply, r, e),
+        Done::Subscribe(_, reply) => {
+            let _ = reply.send(Err(batch_failed(e)));
+        }
+    }
+}
