@@ -3,15 +3,18 @@
 //! in one pure type makes the backends behave identically (the conformance suite checks
 //! it) and gives the Redis backend a precise spec for its Lua scripts.
 
+use crate::clock::millis;
 use crate::error::LogError;
 use crate::id::{Seq, StreamId};
-use crate::record::{FencingToken, Lease, StreamState};
+use crate::record::{FencingToken, Lease, StreamState, Trim};
 
 /// The mutable part of a stream's metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Control {
     pub state: StreamState,
     pub last_seq: Seq,
+    /// The first stored seq (records `first_seq ..= last_seq` are kept).
+    pub first_seq: Seq,
     pub lease: Option<Lease>,
     pub fence: FencingToken,
     pub updated_ms: u64,
@@ -23,6 +26,7 @@ impl Control {
         Self {
             state: StreamState::Open,
             last_seq: 0,
+            first_seq: 1,
             lease: None,
             fence: 0,
             updated_ms: now,
@@ -146,6 +150,31 @@ impl Control {
         self.lease = None;
         self.updated_ms = now;
         Ok(())
+    }
+
+    /// The seq through which `trim`'s position and count limits delete (0: none). The
+    /// age limit needs the stored append times, so each backend adds it with
+    /// [`Control::age_cutoff`].
+    pub fn trim_target(&self, trim: &Trim) -> Seq {
+        let by_count = trim
+            .max_records
+            .map_or(0, |max| self.last_seq.saturating_sub(max));
+        trim.keep_after.max(by_count)
+    }
+
+    /// Records appended strictly before this time (clock ms) are old enough to trim;
+    /// `None` if the trim has no age limit.
+    pub fn age_cutoff(trim: &Trim, now: u64) -> Option<u64> {
+        trim.max_age.map(|age| now.saturating_sub(millis(age)))
+    }
+
+    /// Delete the records through `keep_after` (clamped to `last_seq`; the first kept seq
+    /// never moves back). Returns the new first kept seq. Needs no lease and changes
+    /// neither `last_seq` nor `updated_ms` (which retention of ended streams counts from).
+    pub fn trim(&mut self, keep_after: Seq) -> Seq {
+        let first = keep_after.min(self.last_seq).saturating_add(1);
+        self.first_seq = self.first_seq.max(first);
+        self.first_seq
     }
 
     /// Whether retention has run out: ended at least `ttl_ms` ago.

@@ -4,6 +4,11 @@
 //! subscribes to the head *before* it looks at the log, and always fetches by seq range
 //! from the backend, so the switch from replay to live can neither skip nor repeat a
 //! record, and a reader that falls behind costs a re-read, never memory in the writer.
+//!
+//! Records the retention trimmed ([`crate::StreamLog::trim`]) before the reader reached
+//! them are skipped: the backend answers a fetch with the seq the trim deleted through,
+//! and the reader moves its position there and continues with the first kept record. It
+//! never goes back, so a trim under a live reader can make it skip, never repeat.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,11 +33,24 @@ pub(crate) struct Head {
     pub terminal: bool,
 }
 
+/// What a fetch returns: the records after `after`, which is the position asked for,
+/// or later if the records up to it were trimmed.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    /// Every record in `(asked, after]` was trimmed; `records` start at `after + 1`.
+    pub after: Seq,
+    /// Consecutive records from `after + 1`.
+    pub records: Vec<(Seq, Record)>,
+}
+
 /// A backend's way to fetch committed records.
 pub(crate) trait Fetch: Send + Sync + 'static {
-    /// The records with seq in `(after, upto]`, in order, at most [`FETCH_CHUNK`] of
-    /// them. Fewer than asked (but at least one) is fine; none means they are gone.
-    fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Vec<(Seq, Record)>>;
+    /// The records with seq in `(after', upto]`, in order, at most [`FETCH_CHUNK`] of
+    /// them, where `after'` is `after` or, if the records after it were trimmed, the
+    /// last trimmed seq (`first_seq - 1`; it may exceed `upto`, never the committed last
+    /// seq). Fewer records than asked (but at least one) is fine; none without a skip
+    /// means they are gone.
+    fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Chunk>;
 }
 
 /// Where the reader learns the head from.
@@ -112,15 +130,25 @@ impl Cursor {
         }
     }
 
-    /// Check a fetched chunk continues exactly at the cursor, then queue it.
-    fn accept(&mut self, chunk: Vec<(Seq, Record)>) -> Result<(), LogError> {
-        if chunk.is_empty() {
+    /// Check a fetched chunk continues exactly at the cursor (or after records trimmed
+    /// since), then queue it.
+    fn accept(&mut self, chunk: Chunk) -> Result<(), LogError> {
+        let Chunk { after, records } = chunk;
+        if after < self.cursor {
+            return Err(LogError::Corrupt(format!(
+                "asked for records after seq {}, store answered after {after}",
+                self.cursor
+            )));
+        }
+        if records.is_empty() && after == self.cursor {
             return Err(LogError::Corrupt(format!(
                 "records after seq {} are missing (stream purged?)",
                 self.cursor
             )));
         }
-        for (seq, _) in &chunk {
+        // Records up to `after` were trimmed: the reader skips them.
+        self.cursor = after;
+        for (seq, _) in &records {
             if *seq != self.cursor + 1 {
                 return Err(LogError::Corrupt(format!(
                     "expected seq {}, store returned {seq}",
@@ -129,7 +157,7 @@ impl Cursor {
             }
             self.cursor = *seq;
         }
-        self.buf.extend(chunk);
+        self.buf.extend(records);
         Ok(())
     }
 }

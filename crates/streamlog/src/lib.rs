@@ -12,7 +12,9 @@
 //! - `cursor` (private): the reader cursor all backends share (replay, then follow).
 //! - [`memory`]: [`MemoryLog`], in-process and ephemeral.
 //! - [`sqlite`]: [`SqliteLog`], durable, one writer thread with group commit, hot tail.
-//! - [`retention`]: the periodic driver for [`StreamLog::purge_expired`].
+//! - [`retention`]: the periodic driver for [`StreamLog::purge_expired`]. Trimming the
+//!   records of streams that never end ([`StreamLog::trim`], for pub/sub topics) is
+//!   driven by the caller, which knows each topic's limits.
 //!
 //! # The trait
 //!
@@ -29,8 +31,13 @@
 //!   record of its batch.
 //! - A reader started with `after = k` yields k+1, k+2, … exactly once each, first from
 //!   the store, then live, and ends after the last record of a stream in a terminal
-//!   state. Readers only ever see records that are durable (acknowledged or about to
-//!   be): a crash cannot show a client a seq that a later writer rewrites.
+//!   state. The one exception is retention: records [`StreamLog::trim`] deleted before
+//!   the reader reached them are skipped silently, and the reader continues with the
+//!   first kept record (as a Kafka consumer or a Redis `XREAD` does after trimming);
+//!   seqs it yields still only ever rise, and a subscriber sees the gap as a jump in
+//!   seq. Trimming never lowers `last_seq`, so appends continue at `last_seq + 1`.
+//!   Readers only ever see records that are durable (acknowledged or about to be): a
+//!   crash cannot show a client a seq that a later writer rewrites.
 //! - Readers are cursors: an append publishes only the new last seq (a
 //!   `tokio::sync::watch` per open stream); a slow reader re-reads from the store or the
 //!   in-memory tail and never makes the writer buffer for it.
@@ -46,6 +53,14 @@
 //! the lease and the fence are a hash updated by Lua scripts that implement the rules in
 //! `control` atomically with the `XADD`; idempotency keys are `SET key value NX`;
 //! retention is `EXPIRE` on the stream's keys at `finish`, so `purge_expired` is a no-op.
+//! [`StreamLog::trim`] is one Lua script: by position `XTRIM key MINID <keep_after+1>-0`,
+//! by count `XTRIM key MAXLEN <max_records>` (exact, not `~`: the trait promises the
+//! limit), by age an `XRANGE key - + COUNT n` walk from the head comparing each entry's
+//! append-time field `t` (stored by the `XADD`, since the ids carry seqs, not times) up
+//! to the first young entry, then `XTRIM MINID` there; the script stores the new
+//! `first_seq` in the metadata hash (`MAX` of the old and new, so it never moves back).
+//! `XTRIM` leaves the stream's last id, so `XADD`'s top-id check keeps fencing. Readers
+//! need nothing extra: `XRANGE (<after>-0 +` simply starts at the first kept entry.
 
 pub mod clock;
 mod control;
@@ -69,7 +84,7 @@ pub use id::{ParseStreamIdError, Seq, StreamId};
 pub use memory::MemoryLog;
 pub use record::{
     FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamKind,
-    StreamMeta, StreamState,
+    StreamMeta, StreamState, Trim,
 };
 pub use sqlite::{SqliteConfig, SqliteLog, Synchronous};
 
@@ -139,6 +154,30 @@ pub trait StreamLog: Send + Sync + 'static {
     /// # Errors
     /// As [`StreamLog::renew_lease`].
     fn release_lease(&self, id: StreamId, token: FencingToken) -> LogFuture<'_, ()>;
+
+    /// Retention for streams that never end (pub/sub topics): delete the oldest records
+    /// of stream `id` that `trim` matches (by position, by count, by age — any limit
+    /// that matches deletes), and return the new first kept seq (`first_seq`; it is
+    /// `last_seq + 1` if no record is left). Only ever deletes a prefix: the stream
+    /// keeps exactly `first_seq ..= last_seq`.
+    ///
+    /// It is housekeeping, not a write: it needs no lease, works in every state (open or
+    /// ended), and changes neither `last_seq` (appends continue at `last_seq + 1`) nor
+    /// the lease, the fence or `updated_ms` (so it does not delay
+    /// [`StreamLog::purge_expired`]). It is ordered with appends (the count limit counts
+    /// every append acknowledged before it), `first_seq` never moves back, and a
+    /// trim that deletes nothing is a cheap no-op, so calling it periodically with the
+    /// same limits is the intended use. Readers are safe: a reader asking for trimmed
+    /// records, or overtaken by a trim while it runs, skips to the first kept record —
+    /// see the crate documentation.
+    ///
+    /// Its cost is proportional to the records it deletes (sqlite deletes on its one
+    /// writer thread, between batches of appends), so trimming often keeps each call
+    /// short.
+    ///
+    /// # Errors
+    /// [`LogError::NotFound`]; storage errors.
+    fn trim(&self, id: StreamId, trim: Trim) -> LogFuture<'_, Seq>;
 
     /// Atomically map `(principal, key)` to `entry` unless the pair is already mapped;
     /// if it is, return the existing entry. Keys are purged with their stream.

@@ -2,8 +2,13 @@
 //! holding its metadata and records behind one mutex plus a `watch` of its head; an
 //! append is "durable" the moment it is in the vector, so readers see it at once. Lost on
 //! restart. It applies the same `control` rules as the durable backends.
+//!
+//! A stream keeps its records `first_seq ..= last_seq` in a `VecDeque`, each with its
+//! append time (for [`StreamLog::trim`] by age): the record with seq `s` is at index
+//! `s - first_seq`, and a trim pops from the front under the same lock as appends and
+//! fetches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,12 +16,12 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, millis};
 use crate::control::Control;
-use crate::cursor::{FETCH_CHUNK, Fetch, Head, HeadSource, follow};
+use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head, HeadSource, follow};
 use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::{
     FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
-    StreamState,
+    StreamState, Trim,
 };
 use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
 
@@ -41,7 +46,8 @@ struct Entry {
 struct Inner {
     meta: StreamMeta,
     control: Control,
-    records: Vec<Record>,
+    /// Records `control.first_seq ..= control.last_seq` with their append times (ms).
+    records: VecDeque<(u64, Record)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,6 +109,7 @@ impl Inner {
         meta.state = self.control.state;
         meta.updated_ms = self.control.updated_ms;
         meta.last_seq = self.control.last_seq;
+        meta.first_seq = self.control.first_seq;
         meta.lease = self.control.lease.clone();
         meta.fence = self.control.fence;
         meta
@@ -110,17 +117,27 @@ impl Inner {
 }
 
 impl Fetch for Entry {
-    fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Vec<(Seq, Record)>> {
+    fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Chunk> {
         let inner = lock(&self.inner);
+        // Records up to `trimmed` are gone; the reader continues after them.
+        let trimmed = inner.control.first_seq - 1;
+        let after = after.max(trimmed);
         let end = upto
             .min(after + FETCH_CHUNK)
-            .min(inner.records.len() as u64)
+            .min(inner.control.last_seq)
             .max(after);
-        let out: Vec<(Seq, Record)> = (after + 1..=end)
-            .zip(inner.records[after as usize..end as usize].iter().cloned())
+        let start = usize::try_from(after - trimmed).unwrap_or(usize::MAX);
+        let len = usize::try_from(end - after).unwrap_or(0);
+        let records: Vec<(Seq, Record)> = (after + 1..=end)
+            .zip(
+                inner
+                    .records
+                    .range(start..start + len)
+                    .map(|(_, r)| r.clone()),
+            )
             .collect();
         drop(inner);
-        Box::pin(std::future::ready(Ok(out)))
+        Box::pin(std::future::ready(Ok(Chunk { after, records })))
     }
 }
 
@@ -140,6 +157,7 @@ impl StreamLog for MemoryLog {
                     created_ms: now,
                     updated_ms: now,
                     last_seq: 0,
+                    first_seq: control.first_seq,
                     lease: None,
                     fence: 0,
                 };
@@ -148,7 +166,7 @@ impl StreamLog for MemoryLog {
                     inner: Mutex::new(Inner {
                         meta: meta.clone(),
                         control,
-                        records: Vec::new(),
+                        records: VecDeque::new(),
                     }),
                     head,
                 });
@@ -168,7 +186,7 @@ impl StreamLog for MemoryLog {
     ) -> LogFuture<'_, Seq> {
         let result = self.with_control(id, |inner, now| {
             inner.control.append(id, token, records.len(), now)?;
-            inner.records.extend(records);
+            inner.records.extend(records.into_iter().map(|r| (now, r)));
             Ok(inner.control.last_seq)
         });
         Box::pin(std::future::ready(result))
@@ -214,6 +232,25 @@ impl StreamLog for MemoryLog {
 
     fn release_lease(&self, id: StreamId, token: FencingToken) -> LogFuture<'_, ()> {
         let result = self.with_control(id, |inner, now| inner.control.release(id, token, now));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn trim(&self, id: StreamId, trim: Trim) -> LogFuture<'_, Seq> {
+        let result = self.with_control(id, |inner, now| {
+            let Inner {
+                control, records, ..
+            } = inner;
+            let mut keep_after = control.trim_target(&trim);
+            if let Some(cutoff) = Control::age_cutoff(&trim, now) {
+                // Only the prefix of old records counts (see `Trim::max_age`).
+                let old = records.iter().take_while(|(at, _)| *at < cutoff).count();
+                keep_after = keep_after.max(control.first_seq - 1 + old as u64);
+            }
+            let before = control.first_seq;
+            let first = control.trim(keep_after);
+            records.drain(..usize::try_from(first - before).unwrap_or(usize::MAX));
+            Ok(first)
+        });
         Box::pin(std::future::ready(result))
     }
 

@@ -204,12 +204,48 @@ pub struct StreamMeta {
     pub created_ms: u64,
     /// Time of the last change (append, lease change, finish), clock milliseconds.
     pub updated_ms: u64,
-    /// The seq of the last durable record (0 if none).
+    /// The seq of the last durable record (0 if none). Trimming never lowers it: appends
+    /// always continue at `last_seq + 1`.
     pub last_seq: Seq,
+    /// The seq of the first record still stored: 1 until [`crate::StreamLog::trim`]
+    /// deletes records, `last_seq + 1` when the stream holds none. The stored records are
+    /// exactly `first_seq ..= last_seq`; a subscriber that wants everything still kept
+    /// ("from earliest") reads after `first_seq - 1`.
+    pub first_seq: Seq,
     /// The current writer lease, if any (it may have expired: compare with the clock).
     pub lease: Option<Lease>,
     /// The highest fencing token ever granted on this stream (0 if none).
     pub fence: FencingToken,
+}
+
+/// What [`crate::StreamLog::trim`] deletes from the front of a stream: every record
+/// matched by at least one of the limits. All limits default to "no limit", so
+/// `Trim::default()` deletes nothing.
+///
+/// ```
+/// use std::time::Duration;
+/// use streamlog::Trim;
+/// // A topic keeping at most 10,000 events, none older than an hour.
+/// let policy = Trim {
+///     max_records: Some(10_000),
+///     max_age: Some(Duration::from_secs(3600)),
+///     ..Trim::default()
+/// };
+/// # drop(policy);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trim {
+    /// Delete every record with seq ≤ `keep_after` (0: no limit by position). A value at
+    /// or above `last_seq` deletes every record.
+    pub keep_after: Seq,
+    /// Keep at most this many of the newest records (`Some(0)` deletes every record).
+    /// Counted against `last_seq` at the moment the trim runs, in order with appends.
+    pub max_records: Option<u64>,
+    /// Delete records older than this: appended more than `max_age` before now, by the
+    /// log's [`Clock`](crate::Clock). Only a prefix is ever deleted, so the trim stops at
+    /// the first record young enough to keep (should the clock have stepped back, an
+    /// older record after it is kept until that one ages out too).
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// An idempotency entry: which stream a (principal, key) pair started, and a hash of

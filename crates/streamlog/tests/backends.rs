@@ -69,14 +69,26 @@ mod sqlite {
     async fn reopening_keeps_everything() {
         super::reopen::reopening_keeps_everything(super::sqlite()).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopening_keeps_trims_and_append_times() {
+        super::reopen::reopening_keeps_trims_and_append_times(super::sqlite()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrates_a_file_of_the_previous_schema() {
+        super::reopen::migrates_a_file_of_the_previous_schema(super::sqlite()).await;
+    }
 }
 
 mod reopen {
     use std::time::Duration;
 
-    use streamlog::{IdempotencyEntry, IdempotencyOutcome, LogError, StreamId, StreamState};
+    use streamlog::{IdempotencyEntry, IdempotencyOutcome, LogError, StreamId, StreamState, Trim};
 
-    use crate::conformance::{Backend, LEASE, assert_exact, collect, text, writable};
+    use crate::conformance::{
+        Backend, LEASE, append_range, assert_exact, collect, take, text, writable,
+    };
 
     pub async fn reopening_keeps_everything<B: Backend>(backend: B) {
         let log = backend.open();
@@ -138,5 +150,135 @@ mod reopen {
             .await
             .unwrap();
         assert_exact(&collect(reader).await, 2, 10, 30);
+    }
+
+    pub async fn reopening_keeps_trims_and_append_times<B: Backend>(backend: B) {
+        let log = backend.open();
+        let (id, token) = writable(&*log).await;
+        append_range(&*log, id, token, 3, 1, 30, 7).await;
+        backend.clock().advance(Duration::from_secs(60));
+        append_range(&*log, id, token, 3, 31, 40, 7).await;
+        let keep_after = |seq| Trim {
+            keep_after: seq,
+            ..Trim::default()
+        };
+        assert_eq!(log.trim(id, keep_after(5)).await.unwrap(), 6);
+        let before = log.status(id).await.unwrap();
+        drop(log);
+
+        let log = backend.open();
+        assert_eq!(log.status(id).await.unwrap(), before);
+        assert_eq!(before.first_seq, 6);
+        assert_exact(&collect_open(&*log, id, 0, 35).await, 3, 5, 40);
+        // The append times were stored: records 6..=30 are a minute older than the rest.
+        let by_age = Trim {
+            max_age: Some(Duration::from_secs(30)),
+            ..Trim::default()
+        };
+        assert_eq!(log.trim(id, by_age).await.unwrap(), 31);
+        append_range(&*log, id, token, 3, 41, 41, 1).await;
+        assert_eq!(log.status(id).await.unwrap().first_seq, 31);
+        log.finish(id, token, StreamState::Finished).await.unwrap();
+        drop(log);
+        let log = backend.open();
+        assert_exact(&collect(log.read(id, 0).await.unwrap()).await, 3, 30, 41);
+    }
+
+    /// The next `n` records of an open stream from `after`.
+    async fn collect_open(
+        log: &dyn streamlog::StreamLog,
+        id: StreamId,
+        after: u64,
+        n: usize,
+    ) -> Vec<(u64, streamlog::Record)> {
+        let mut reader = log.read(id, after).await.unwrap();
+        take(&mut reader, n).await
+    }
+
+    pub async fn migrates_a_file_of_the_previous_schema(backend: crate::Sqlite) {
+        use crate::OldFile;
+        let id = backend.write_old_file(20);
+        // Opened an hour after the old records were written.
+        backend.clock().advance(Duration::from_secs(3600));
+        let log = backend.open();
+        let meta = log.status(id).await.unwrap();
+        assert_eq!((meta.first_seq, meta.last_seq), (1, 20));
+        assert_exact(&collect_open(&*log, id, 0, 20).await, 7, 0, 20);
+        // Old records count as appended when the file was migrated: not older than that.
+        let by_age = Trim {
+            max_age: Some(Duration::from_secs(60)),
+            ..Trim::default()
+        };
+        assert_eq!(log.trim(id, by_age).await.unwrap(), 1);
+        // The old writer continues; new records are stored with their own time.
+        backend.clock().advance(Duration::from_secs(61));
+        append_range(&*log, id, 1, 7, 21, 25, 5).await;
+        assert_eq!(log.trim(id, by_age).await.unwrap(), 21);
+        drop(log);
+        // Migrating again is a no-op.
+        let log = backend.open();
+        let meta = log.status(id).await.unwrap();
+        assert_eq!((meta.first_seq, meta.last_seq), (21, 25));
+        assert_exact(&collect_open(&*log, id, 0, 5).await, 7, 20, 25);
+    }
+}
+
+/// The schema of the first release, before trimming (no `first_seq`, no `appended_ms`).
+const OLD_SCHEMA: &str = "
+CREATE TABLE streams (
+    rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,
+    kind INTEGER NOT NULL, request BLOB NOT NULL, state INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    lease_holder TEXT, lease_token INTEGER, lease_expires_ms INTEGER, fence INTEGER NOT NULL
+);
+CREATE INDEX streams_ended ON streams(updated_ms) WHERE state != 0;
+CREATE TABLE records (
+    rid INTEGER NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (rid, seq)
+) WITHOUT ROWID;
+CREATE TABLE idempotency (
+    principal TEXT NOT NULL, key TEXT NOT NULL, stream TEXT NOT NULL,
+    request_hash BLOB NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (principal, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_stream ON idempotency(stream);
+";
+
+impl Sqlite {
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("log.db")
+    }
+}
+
+trait OldFile {
+    /// Write a file in the old schema holding one open stream with `records` records
+    /// and a lease with token 1; returns its id.
+    fn write_old_file(&self, records: u64) -> streamlog::StreamId;
+}
+
+impl OldFile for Sqlite {
+    fn write_old_file(&self, records: u64) -> streamlog::StreamId {
+        let id = streamlog::StreamId::new();
+        let conn = rusqlite::Connection::open(self.path()).unwrap();
+        conn.execute_batch(OLD_SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO streams (rid, id, owner, kind, request, state, created_ms, updated_ms,
+             last_seq, lease_holder, lease_token, lease_expires_ms, fence)
+             VALUES (1, ?1, 'alice', 2, x'', 0, 1, 1, ?2, 'w', 1, ?3, 1)",
+            rusqlite::params![
+                id.to_string(),
+                i64::try_from(records).unwrap(),
+                i64::try_from(START_MS + 3_600_000).unwrap()
+            ],
+        )
+        .unwrap();
+        for seq in 1..=records {
+            let body = conformance::text(7, seq).to_json().unwrap();
+            conn.execute(
+                "INSERT INTO records (rid, seq, body) VALUES (1, ?1, ?2)",
+                rusqlite::params![i64::try_from(seq).unwrap(), body],
+            )
+            .unwrap();
+        }
+        id
     }
 }

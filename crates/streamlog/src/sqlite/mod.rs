@@ -7,6 +7,12 @@
 //! it runs. Older records are read from the database on a small pool of read-only
 //! connections.
 //!
+//! [`StreamLog::trim`] is one more writer command: its `DELETE` runs in the same
+//! transactions as appends, in order with them, and after the commit the writer drops
+//! the trimmed records from the hot tail. Database readers read `first_seq` in the same
+//! statement (so the same snapshot) as the records, so a reader overtaken by a trim
+//! skips to the first kept record instead of mistaking the gap for lost data.
+//!
 //! # What an acknowledged append guarantees
 //!
 //! When `append` returns `Ok(seq)`, the transaction holding the records up to `seq` has
@@ -45,7 +51,7 @@ use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::{
     FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
-    StreamState,
+    StreamState, Trim,
 };
 use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
 
@@ -154,6 +160,7 @@ impl SqliteLog {
             "PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}; {}",
             schema::SCHEMA
         ))?;
+        schema::migrate(&conn, clock.now_ms())?;
         conn.set_prepared_statement_cache_capacity(64);
 
         let hot: Arc<HotMap> = Arc::default();
@@ -328,6 +335,10 @@ impl StreamLog for SqliteLog {
 
     fn release_lease(&self, id: StreamId, token: FencingToken) -> LogFuture<'_, ()> {
         Box::pin(self.call(move |reply| Op::Release { id, token, reply }))
+    }
+
+    fn trim(&self, id: StreamId, trim: Trim) -> LogFuture<'_, Seq> {
+        Box::pin(self.call(move |reply| Op::Trim { id, trim, reply }))
     }
 
     fn insert_idempotency_key(

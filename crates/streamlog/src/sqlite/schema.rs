@@ -1,7 +1,19 @@
 //! The sqlite schema and row decoding. Streams get an integer `rid` so each record row
 //! is keyed by `(rid, seq)` (a `WITHOUT ROWID` table clustered by stream and seq: a
 //! replay is one range scan). Records are stored as their JSON (serialised once, by the
-//! appending task, not by the writer thread).
+//! appending task, not by the writer thread), with their append time (`appended_ms`,
+//! for trimming by age). A stream's `first_seq` is the first record still stored (1
+//! until a trim deletes records): the records table holds exactly `first_seq ..=
+//! last_seq` of it.
+//!
+//! # Migrations
+//!
+//! `migrate` brings a file created by an older version up to this schema, in place
+//! and in O(1) (`ALTER TABLE … ADD COLUMN` only rewrites the schema, not the rows):
+//! `streams.first_seq` is added with default 1 (nothing was trimmed), and
+//! `records.appended_ms` with the time of the migration as its default, so records
+//! from before it count as appended then — trimming by age deletes them once they are
+//! that old, never sooner.
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
@@ -21,6 +33,7 @@ CREATE TABLE IF NOT EXISTS streams (
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL DEFAULT 1,
     lease_holder TEXT,
     lease_token INTEGER,
     lease_expires_ms INTEGER,
@@ -31,6 +44,7 @@ CREATE TABLE IF NOT EXISTS records (
     rid INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     body BLOB NOT NULL,
+    appended_ms INTEGER NOT NULL,
     PRIMARY KEY (rid, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -44,10 +58,45 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_stream ON idempotency(stream);
 ";
 
-pub(crate) const CONTROL_COLUMNS: &str =
-    "rid, state, last_seq, lease_holder, lease_token, lease_expires_ms, fence, updated_ms";
+pub(crate) const CONTROL_COLUMNS: &str = "rid, state, last_seq, lease_holder, lease_token, \
+     lease_expires_ms, fence, updated_ms, first_seq";
 
-fn to_u64(v: i64) -> u64 {
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, LogError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Add what older versions of the schema lack (see the module documentation); `now` is
+/// the append time given to records stored before. Idempotent; one transaction.
+pub(crate) fn migrate(conn: &Connection, now: u64) -> Result<(), LogError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        if !has_column(conn, "streams", "first_seq")? {
+            conn.execute_batch(
+                "ALTER TABLE streams ADD COLUMN first_seq INTEGER NOT NULL DEFAULT 1",
+            )?;
+        }
+        if !has_column(conn, "records", "appended_ms")? {
+            // The default must be a literal; the number is formatted, never user input.
+            conn.execute_batch(&format!(
+                "ALTER TABLE records ADD COLUMN appended_ms INTEGER NOT NULL DEFAULT {}",
+                to_i64(now)
+            ))?;
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -82,6 +131,7 @@ pub(crate) fn control_from_row(row: &Row<'_>, at: usize) -> Result<(i64, Control
             lease,
             fence: to_u64(row.get(at + 6)?),
             updated_ms: to_u64(row.get(at + 7)?),
+            first_seq: to_u64(row.get(at + 8)?),
         },
     ))
 }
@@ -128,6 +178,7 @@ pub(crate) fn load_meta(conn: &Connection, id: StreamId) -> Result<StreamMeta, L
         created_ms: to_u64(created),
         updated_ms: control.updated_ms,
         last_seq: control.last_seq,
+        first_seq: control.first_seq,
         lease: control.lease,
         fence: control.fence,
     })
@@ -137,7 +188,7 @@ pub(crate) fn load_meta(conn: &Connection, id: StreamId) -> Result<StreamMeta, L
 pub(crate) fn store_control(conn: &Connection, rid: i64, c: &Control) -> Result<(), LogError> {
     let mut stmt = conn.prepare_cached(
         "UPDATE streams SET state = ?2, last_seq = ?3, lease_holder = ?4, lease_token = ?5,
-         lease_expires_ms = ?6, fence = ?7, updated_ms = ?8 WHERE rid = ?1",
+         lease_expires_ms = ?6, fence = ?7, updated_ms = ?8, first_seq = ?9 WHERE rid = ?1",
     )?;
     let lease = c.lease.as_ref();
     stmt.execute(rusqlite::params![
@@ -149,6 +200,7 @@ pub(crate) fn store_control(conn: &Connection, rid: i64, c: &Control) -> Result<
         lease.map(|l| to_i64(l.expires_at_ms)),
         to_i64(c.fence),
         to_i64(c.updated_ms),
+        to_i64(c.first_seq),
     ])?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The single writer thread of the sqlite backend, doing group commit. Every mutation
-//! (create, append, finish, leases, idempotency keys, purge) is a [`Command`] sent over a
-//! channel; the thread takes the first command, gathers every command already queued (up
+//! (create, append, finish, leases, idempotency keys, trim, purge) is a [`Command`] sent
+//! over a channel; the thread takes the first command, gathers every command already queued (up
 //! to `max_batch_records` records; if the previous batch held more than one command, it
 //! also waits up to `max_batch_delay` for more — concurrent writers whose appends were
 //! just acknowledged are about to send their next ones), applies
@@ -8,14 +8,16 @@
 //! hot tails, publish the new heads to readers, and answer the callers — so an
 //! acknowledged append, and anything a reader sees, is committed. The thread keeps the
 //! control state (seq, lease, fence) of the streams it touched in memory, so an append
-//! costs its `INSERT`s and, per batch, one `UPDATE` per stream it touched.
+//! costs its `INSERT`s and, per batch, one `UPDATE` per stream it touched. A trim is a
+//! range `DELETE` in the same transaction, so it orders with the appends around it; the
+//! hot tail drops the trimmed records after the commit.
 
 use std::collections::{HashMap, hash_map};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
 use crate::clock::Clock;
@@ -25,10 +27,10 @@ use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::{
     FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
-    StreamState,
+    StreamState, Trim,
 };
 use crate::sqlite::reader::{HotEntry, HotMap, Subscription, Tail};
-use crate::sqlite::schema::{load_control, store_control, to_i64};
+use crate::sqlite::schema::{load_control, store_control, to_i64, to_u64};
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
@@ -77,6 +79,11 @@ pub(crate) enum Op {
         entry: IdempotencyEntry,
         reply: Reply<IdempotencyOutcome>,
     },
+    Trim {
+        id: StreamId,
+        trim: Trim,
+        reply: Reply<Seq>,
+    },
     Purge(Reply<usize>),
     Subscribe(StreamId, Reply<Subscription>),
 }
@@ -109,6 +116,8 @@ enum Done {
         Reply<IdempotencyOutcome>,
         Result<IdempotencyOutcome, LogError>,
     ),
+    /// The stream and its new first kept seq.
+    Trim(Reply<Seq>, Result<(StreamId, Seq), LogError>),
     Purge(Reply<usize>, Result<Vec<StreamId>, LogError>),
     Subscribe(StreamId, Reply<Subscription>),
 }
@@ -306,10 +315,16 @@ impl Writer {
                     Ok(first) => {
                         let rid = cached(&mut self.cache, &self.conn, id)?.rid;
                         let mut stmt = self.conn.prepare_cached(
-                            "INSERT INTO records (rid, seq, body) VALUES (?1, ?2, ?3)",
+                            "INSERT INTO records (rid, seq, body, appended_ms)
+                             VALUES (?1, ?2, ?3, ?4)",
                         )?;
                         for (i, body) in bodies.iter().enumerate() {
-                            stmt.execute(rusqlite::params![rid, to_i64(first + i as u64), body])?;
+                            stmt.execute(rusqlite::params![
+                                rid,
+                                to_i64(first + i as u64),
+                                body,
+                                to_i64(now)
+                            ])?;
                         }
                         Ok((id, first, records))
                     }
@@ -353,6 +368,7 @@ impl Writer {
                 entry,
                 reply,
             } => Done::Key(reply, Ok(self.insert_key(principal, key, entry, now)?)),
+            Op::Trim { id, trim, reply } => Done::Trim(reply, self.trim(id, &trim, now)?),
             Op::Purge(reply) => Done::Purge(reply, Ok(self.purge(now)?)),
             Op::Subscribe(id, reply) => Done::Subscribe(id, reply),
         })
@@ -392,6 +408,7 @@ impl Writer {
             created_ms: now,
             updated_ms: now,
             last_seq: 0,
+            first_seq: control.first_seq,
             lease: None,
             fence: 0,
         };
@@ -446,6 +463,52 @@ impl Writer {
         }))
     }
 
+    /// Delete the records `trim` matches; the outer `Err` aborts the batch.
+    fn trim(
+        &mut self,
+        id: StreamId,
+        trim: &Trim,
+        now: u64,
+    ) -> Result<Result<(StreamId, Seq), LogError>, LogError> {
+        let c = match cached(&mut self.cache, &self.conn, id) {
+            Ok(c) => c,
+            Err(e @ LogError::NotFound(_)) => return Ok(Err(e)),
+            Err(e) => return Err(e),
+        };
+        let (rid, first, last) = (c.rid, c.control.first_seq, c.control.last_seq);
+        let mut keep_after = c.control.trim_target(trim);
+        if let Some(cutoff) = Control::age_cutoff(trim, now)
+            && keep_after < last
+        {
+            // The first record young enough to keep: a scan in seq order of the old
+            // prefix (about to be deleted anyway), so it costs what the trim deletes.
+            let young: Option<i64> = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq FROM records WHERE rid = ?1 AND seq >= ?2 AND appended_ms >= ?3
+                     ORDER BY seq LIMIT 1",
+                )?
+                .query_row(rusqlite::params![rid, to_i64(first), to_i64(cutoff)], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let by_age = young.map_or(last, |seq| to_u64(seq).saturating_sub(1));
+            keep_after = keep_after.max(by_age);
+        }
+        let c = cached(&mut self.cache, &self.conn, id)?;
+        let new_first = c.control.trim(keep_after);
+        if new_first > first {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+            self.conn
+                .prepare_cached("DELETE FROM records WHERE rid = ?1 AND seq >= ?2 AND seq < ?3")?
+                .execute(rusqlite::params![rid, to_i64(first), to_i64(new_first)])?;
+        }
+        Ok(Ok((id, new_first)))
+    }
+
     fn purge(&mut self, now: u64) -> Result<Vec<StreamId>, LogError> {
         // Control changes earlier in this batch must be visible to the query.
         self.flush_dirty()?;
@@ -487,7 +550,7 @@ impl Writer {
         match done {
             Done::Create(reply, r) => {
                 let r = r.map(|(rid, meta)| {
-                    self.hot_entry(meta.id, rid, 0);
+                    self.hot_entry(meta.id, rid);
                     meta
                 });
                 let _ = reply.send(r);
@@ -495,10 +558,15 @@ impl Writer {
             Done::Append(reply, r) => {
                 let r = r.map(|(id, first, records)| {
                     let last = first + records.len() as u64 - 1;
-                    let rid = self.cache.get(&id).map_or(0, |c| c.rid);
+                    let (rid, first_seq) = self
+                        .cache
+                        .get(&id)
+                        .map_or((0, 1), |c| (c.rid, c.control.first_seq));
                     let capacity = self.settings.tail_capacity;
                     let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
-                    let entry = hot.entry(id).or_insert_with(|| new_hot(rid, first - 1));
+                    let entry = hot
+                        .entry(id)
+                        .or_insert_with(|| new_hot(rid, first - 1, first_seq));
                     entry
                         .tail
                         .write()
@@ -538,6 +606,32 @@ impl Writer {
             Done::Key(reply, r) => {
                 let _ = reply.send(r);
             }
+            Done::Trim(reply, r) => {
+                let r = r.map(|(id, first)| {
+                    if let Some(entry) = self
+                        .hot
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&id)
+                    {
+                        entry
+                            .tail
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .trim(first);
+                    }
+                    // Ended streams are not kept cached (see `Finish`).
+                    if self
+                        .cache
+                        .get(&id)
+                        .is_some_and(|c| c.control.state.is_terminal())
+                    {
+                        self.cache.remove(&id);
+                    }
+                    first
+                });
+                let _ = reply.send(r);
+            }
             Done::Purge(reply, r) => {
                 let r = r.map(|ids| {
                     let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -554,12 +648,13 @@ impl Writer {
         }
     }
 
-    fn hot_entry(&self, id: StreamId, rid: i64, last: Seq) {
+    /// A hot entry for a newly created stream.
+    fn hot_entry(&self, id: StreamId, rid: i64) {
         self.hot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(id)
-            .or_insert_with(|| new_hot(rid, last));
+            .or_insert_with(|| new_hot(rid, 0, 1));
     }
 
     fn subscribe(&mut self, id: StreamId) -> Result<Subscription, LogError> {
@@ -572,26 +667,37 @@ impl Writer {
             return Ok(live(entry));
         }
         let c = cached(&mut self.cache, &self.conn, id)?;
-        let (rid, last, state) = (c.rid, c.control.last_seq, c.control.state);
+        let (rid, last, first_seq, state) = (
+            c.rid,
+            c.control.last_seq,
+            c.control.first_seq,
+            c.control.state,
+        );
         if state.is_terminal() {
             self.cache.remove(&id);
             return Ok(Subscription::Ended { rid, last });
         }
         let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = hot.entry(id).or_insert_with(|| new_hot(rid, last));
+        let entry = hot
+            .entry(id)
+            .or_insert_with(|| new_hot(rid, last, first_seq));
         Ok(live(entry))
     }
 }
 
-fn new_hot(rid: i64, last: Seq) -> HotEntry {
+/// A hot entry for an open stream whose last committed seq is `last` and first stored
+/// seq `first_seq`.
+fn new_hot(rid: i64, last: Seq, first_seq: Seq) -> HotEntry {
     let (head, _) = watch::channel(Head {
         last,
         terminal: false,
     });
+    let mut tail = Tail::starting_at(last + 1);
+    tail.trim(first_seq);
     HotEntry {
         rid,
         head,
-        tail: Arc::new(RwLock::new(Tail::starting_at(last + 1))),
+        tail: Arc::new(RwLock::new(tail)),
     }
 }
 
@@ -618,6 +724,7 @@ fn fail(done: Done, e: &LogError) {
         Done::Lease(reply, r) => answer(reply, r, e),
         Done::Unit(reply, r) => answer(reply, r, e),
         Done::Key(reply, r) => answer(reply, r, e),
+        Done::Trim(reply, r) => answer(reply, r, e),
         Done::Purge(reply, r) => answer(reply, r, e),
         Done::Subscribe(_, reply) => {
             let _ = reply.send(Err(batch_failed(e)));
