@@ -55,6 +55,33 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[[models]]`.
     pub models: Vec<ModelConfig>,
+    /// `[topics]`.
+    pub topics: TopicsConfig,
+}
+
+/// `[topics]`: the publish/subscribe hub.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Principals allowed to publish; empty (default): every principal may.
+    pub publishers: Vec<String>,
+    /// A topic keeps at most this many events (the oldest go first). Default 10,000.
+    pub max_events: u64,
+    /// A topic keeps events at most this long, in seconds. Default 24 h.
+    pub max_age_s: u64,
+    /// How often retention runs, in milliseconds. Default 10 s.
+    pub retention_interval_ms: u64,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            publishers: Vec::new(),
+            max_events: 10_000,
+            max_age_s: 24 * 60 * 60,
+            retention_interval_ms: 10_000,
+        }
+    }
 }
 
 /// `[server]`: the listener and stream behaviour.
@@ -75,6 +102,11 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Allow listening on a non-loopback address with no API keys configured.
     pub allow_unauthenticated: bool,
+    /// A session channel sends a `progress` event every this many tokens. Default 10.
+    pub progress_every: u32,
+    /// Browser origins allowed to call the API from other sites (CORS), e.g.
+    /// `["https://app.example.com"]`. Empty (default): same-origin only.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +119,8 @@ impl Default for ServerConfig {
             reader_grace_ms: 60_000,
             shutdown_grace_ms: 10_000,
             allow_unauthenticated: false,
+            cors_origins: Vec::new(),
+            progress_every: 10,
         }
     }
 }
@@ -176,6 +210,9 @@ pub enum ProviderKind {
     Openai,
     /// Synthetic answers for load and fault tests.
     Simulator,
+    /// A small GGUF model run in-process on the CPU (built by the binary, see
+    /// [`crate::AppState::with_local`]).
+    Local,
 }
 
 /// One upstream target of a model. Provider-specific keys are checked against
@@ -187,9 +224,9 @@ pub struct TargetConfig {
     pub provider: ProviderKind,
 
     // --- limits and resilience, every provider ---
-    /// Requests in flight at once; more wait in a FIFO queue. Default 64.
-    #[serde(default = "defaults::max_concurrency")]
-    pub max_concurrency: usize,
+    /// Requests in flight at once; more wait in a FIFO queue. Default 64, and one per
+    /// core for `local`.
+    pub max_concurrency: Option<usize>,
     /// How long a request may wait in the queue (then 429). Default 30 s.
     #[serde(default = "defaults::queue_timeout_ms")]
     pub queue_timeout_ms: u64,
@@ -222,6 +259,12 @@ pub struct TargetConfig {
     /// The upstream continues a partial answer given as a final assistant message.
     pub supports_prefill: Option<bool>,
 
+    // --- local ---
+    /// The GGUF file (default: the cached SmolLM2-135M-Instruct).
+    pub path: Option<PathBuf>,
+    /// Decoding threads per generation (default: all cores).
+    pub threads: Option<usize>,
+
     // --- simulator ---
     /// Tokens per answer.
     pub tokens: Option<u32>,
@@ -244,9 +287,6 @@ pub struct TargetConfig {
 }
 
 mod defaults {
-    pub fn max_concurrency() -> usize {
-        64
-    }
     pub fn queue_timeout_ms() -> u64 {
         30_000
     }
@@ -309,11 +349,28 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be more than 0"));
         }
+        if self.topics.retention_interval_ms == 0 {
+            return Err(invalid(
+                "topics.retention_interval_ms",
+                "must be more than 0",
+            ));
+        }
         if self.server.heartbeat_interval_ms == 0 {
             return Err(invalid(
                 "server.heartbeat_interval_ms",
                 "must be more than 0",
             ));
+        }
+        for (i, origin) in self.server.cors_origins.iter().enumerate() {
+            let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.trim_end_matches('/').contains(['*', ' '])
+                && origin.split('/').count() == 3;
+            if !valid {
+                return Err(invalid(
+                    format!("server.cors_origins[{i}]"),
+                    "must be an origin like https://app.example.com (no path, no wildcard)",
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (m, model) in self.models.iter().enumerate() {
@@ -357,7 +414,7 @@ impl Config {
 
 impl TargetConfig {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if self.max_concurrency == 0 {
+        if self.max_concurrency == Some(0) {
             return Err(invalid(
                 format!("{key}.max_concurrency"),
                 "must be more than 0",
@@ -380,11 +437,20 @@ impl TargetConfig {
             ("error_times", self.error_times.is_some()),
             ("retry_after_s", self.retry_after_s.is_some()),
         ];
-        let (foreign, provider) = match self.provider {
-            ProviderKind::Openai => (&simulator_only[..], "openai"),
-            ProviderKind::Simulator => (&openai_only[..], "simulator"),
+        let local_only = [
+            ("path", self.path.is_some()),
+            ("threads", self.threads.is_some()),
+        ];
+        let (provider, own): (&str, &[(&str, bool)]) = match self.provider {
+            ProviderKind::Openai => ("openai", &openai_only),
+            ProviderKind::Simulator => ("simulator", &simulator_only),
+            ProviderKind::Local => ("local", &local_only),
         };
-        if let Some((name, _)) = foreign.iter().find(|(_, set)| *set) {
+        let foreign = [&openai_only[..], &simulator_only[..], &local_only[..]]
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| !own.iter().any(|(mine, _)| mine == name));
+        if let Some((name, _)) = foreign.into_iter().find(|(_, set)| *set) {
             return Err(invalid(
                 format!("{key}.{name}"),
                 format!("does not apply to provider = \"{provider}\""),
@@ -400,6 +466,11 @@ impl TargetConfig {
                         format!("{key}.base_url"),
                         "must start with http:// or https://",
                     ));
+                }
+            }
+            ProviderKind::Local => {
+                if self.threads == Some(0) {
+                    return Err(invalid(format!("{key}.threads"), "must be more than 0"));
                 }
             }
             ProviderKind::Simulator => {
@@ -488,7 +559,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.models.len(), 2);
-        assert_eq!(config.models[1].targets[0].max_concurrency, 10);
+        assert_eq!(config.models[1].targets[0].max_concurrency, Some(10));
         assert_eq!(config.store.kind, StoreKind::Sqlite);
     }
 

@@ -11,9 +11,11 @@
 //! - [`auth`]: API keys → [`auth::Principal`]; streams are bound to their principal.
 //! - [`router`]: model → targets; queues, permits, retries, fallback, peek-before-commit.
 //! - [`supervisor`]: the writer of one generation; continuation after upstream failure.
+//! - [`relay`]: copies an answer into its session channel.
 //! - [`live`]: generations running here and their reader counts (`reader_grace`).
 //! - [`http`]: routes; `render` turns records into OpenAI chunks or generic events;
 //!   `body` is the reader cursor behind every SSE response.
+//! - [`writers`]: this node's leases for request-driven writes (topics, tasks).
 //! - [`error`]: [`error::ApiError`], the OpenAI-shaped error every client sees.
 
 pub mod auth;
@@ -21,13 +23,16 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod live;
+pub mod relay;
 pub mod router;
 pub mod state;
 pub mod supervisor;
+pub mod writers;
 
 use std::future::Future;
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -60,11 +65,16 @@ pub async fn run(
         std::time::Duration::from_secs(60),
         state.shutdown.clone().cancelled_owned(),
     ));
+    housekeeping.spawn(http::hub::retention(state.clone(), state.shutdown.clone()));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: closing readers, draining writers");
         token.cancel();
     };
+    // Tokens are small writes that must leave at once: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(signal)
         .await?;
@@ -84,4 +94,20 @@ pub async fn run(
     housekeeping.close();
     housekeeping.wait().await;
     Ok(())
+}
+
+/// Bind `addr` with a listen backlog fit for bursts of thousands of connections (the
+/// standard library's default of 128 overflows and makes clients retry SYNs for seconds).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

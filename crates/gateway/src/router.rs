@@ -18,7 +18,7 @@ use futures_util::stream;
 use providers::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::TargetConfig;
+use crate::config::{ProviderKind, TargetConfig};
 
 /// Limits and timeouts of one target.
 #[derive(Debug, Clone)]
@@ -40,8 +40,13 @@ pub struct Limits {
 impl Limits {
     /// From a target's config.
     pub fn from_config(config: &TargetConfig) -> Self {
+        let default_concurrency = match config.provider {
+            // A generation keeps the CPU busy: more at once only slows each one down.
+            ProviderKind::Local => std::thread::available_parallelism().map_or(1, usize::from),
+            _ => 64,
+        };
         Self {
-            max_concurrency: config.max_concurrency,
+            max_concurrency: config.max_concurrency.unwrap_or(default_concurrency),
             queue_timeout: Duration::from_millis(config.queue_timeout_ms),
             first_token_timeout: Duration::from_millis(config.first_token_timeout_ms),
             between_token_timeout: Duration::from_millis(config.between_token_timeout_ms),

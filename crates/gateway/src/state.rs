@@ -18,6 +18,10 @@ use crate::http::body::Options;
 use crate::live::LiveStreams;
 use crate::router::{Limits, Model, Models, Target};
 
+/// Builds the provider of a `provider = "local"` target (given the target and its key
+/// path for error messages).
+pub type LocalFactory<'a> = dyn Fn(&TargetConfig, &str) -> Result<Arc<dyn Provider>, String> + 'a;
+
 /// Shared state; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -51,6 +55,14 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// This node's name in leases.
     pub node: String,
+    /// Leases for topic and task writes.
+    pub writers: crate::writers::Writers,
+    /// Principals allowed to publish to topics (empty: every principal).
+    pub publishers: std::collections::HashSet<String>,
+    /// `[topics]` settings.
+    pub topics: crate::config::TopicsConfig,
+    /// Topics this node has served, for retention.
+    pub known_topics: std::sync::Mutex<std::collections::HashSet<streamlog::StreamId>>,
 }
 
 impl AppState {
@@ -59,12 +71,32 @@ impl AppState {
     /// # Errors
     /// A message naming the key at fault (an unset `api_key_env`, a bad keys file).
     pub fn new(config: &Config, log: Arc<dyn StreamLog>) -> Result<Self, String> {
+        Self::with_local(config, log, &|_, key: &str| {
+            Err(format!(
+                "{key}.provider: this build cannot run local models"
+            ))
+        })
+    }
+
+    /// Build the state, with `local` building the providers of `provider = "local"`
+    /// targets (the binary links the local model; the gateway library does not).
+    ///
+    /// # Errors
+    /// As [`AppState::new`], and whatever `local` reports.
+    pub fn with_local(
+        config: &Config,
+        log: Arc<dyn StreamLog>,
+        local: &LocalFactory<'_>,
+    ) -> Result<Self, String> {
         let mut models = Models::default();
         for (m, model) in config.models.iter().enumerate() {
             let mut targets = Vec::new();
             for (t, target) in model.targets.iter().enumerate() {
                 let key = format!("models[{m}].targets[{t}]");
-                let provider = build_provider(target, &model.name, &key)?;
+                let provider = match target.provider {
+                    ProviderKind::Local => local(target, &key)?,
+                    _ => build_provider(target, &model.name, &key)?,
+                };
                 let upstream = target.model.clone().unwrap_or_else(|| model.name.clone());
                 targets.push(Target::new(provider, upstream, Limits::from_config(target)));
             }
@@ -100,6 +132,10 @@ impl AppState {
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             node,
+            writers: crate::writers::Writers::default(),
+            publishers: config.topics.publishers.iter().cloned().collect(),
+            topics: config.topics.clone(),
+            known_topics: std::sync::Mutex::default(),
         }))
     }
 
@@ -109,6 +145,7 @@ impl AppState {
             retry_ms: self.server.retry_ms,
             heartbeat: self.server.heartbeat_interval(),
             shutdown: self.shutdown.clone(),
+            prelude: Vec::new(),
         }
     }
 }
@@ -141,6 +178,7 @@ fn build_provider(
             let provider = OpenAiProvider::new(config).map_err(|e| format!("{key}: {e}"))?;
             Ok(Arc::new(provider))
         }
+        ProviderKind::Local => Err(format!("{key}: local targets are built by the binary")),
         ProviderKind::Simulator => {
             let defaults = SimulatorConfig::default();
             let config = SimulatorConfig {

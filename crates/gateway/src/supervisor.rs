@@ -80,6 +80,7 @@ impl Generation {
             id: self.id,
             token: self.token,
             text: String::new(),
+            pieces: 0,
             finished: None,
         };
         let mut renew = tokio::time::interval(LEASE_TTL / 3);
@@ -88,6 +89,9 @@ impl Generation {
             tokio::time::interval((self.reader_grace / 4).max(Duration::from_millis(5)));
         grace.reset();
 
+        // Registered once each: a fresh `cancelled()` per delta would lock the tokens.
+        let mut hard_stop = std::pin::pin!(self.hard_stop.clone().cancelled_owned());
+        let mut cancelled = std::pin::pin!(self.live.cancel.clone().cancelled_owned());
         let mut next_target = 0;
         let mut prefill_only = false;
         let mut interrupted: Option<ProviderError> = None;
@@ -95,12 +99,16 @@ impl Generation {
             let mut request = self.request.clone();
             if !writer.text.is_empty() {
                 request.assistant_prefix = Some(writer.text.clone());
+                // A continuation may only generate what the original budget has left.
+                request.max_tokens = request
+                    .max_tokens
+                    .map(|max| max.saturating_sub(writer.pieces).max(1));
             }
             let start = self.model.start(&request, next_target, prefill_only);
             let begun = tokio::select! {
                 begun = start => begun,
-                () = self.live.cancel.cancelled() => break 'answer Stop::Cancelled,
-                () = self.hard_stop.cancelled() => break 'answer Stop::Abandoned,
+                () = &mut cancelled => break 'answer Stop::Cancelled,
+                () = &mut hard_stop => break 'answer Stop::Abandoned,
             };
             let Started {
                 mut deltas,
@@ -120,8 +128,8 @@ impl Generation {
             loop {
                 tokio::select! {
                     biased;
-                    () = self.hard_stop.cancelled() => break 'answer Stop::Abandoned,
-                    () = self.live.cancel.cancelled() => break 'answer Stop::Cancelled,
+                    () = &mut hard_stop => break 'answer Stop::Abandoned,
+                    () = &mut cancelled => break 'answer Stop::Cancelled,
                     _ = renew.tick() => {
                         if let Err(error) = self.log.renew_lease(self.id, self.token, LEASE_TTL).await {
                             tracing::warn!(%error, "lease lost; stopping");
@@ -270,6 +278,8 @@ struct Writer {
     id: StreamId,
     token: FencingToken,
     text: String,
+    /// Text deltas appended (≈ tokens generated).
+    pieces: u32,
     finished: Option<String>,
 }
 
@@ -283,6 +293,7 @@ impl Writer {
             records.push(match delta {
                 Delta::Text(text) => {
                     self.text.push_str(&text);
+                    self.pieces = self.pieces.saturating_add(1);
                     Record::Text { text }
                 }
                 Delta::ToolCall {

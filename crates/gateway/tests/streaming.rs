@@ -13,19 +13,10 @@ name = "sim"
 targets = [{ provider = "simulator", tokens = 40, interval_ms = 1 }]
 "#;
 
-async fn post(gateway: &Gateway, body: &serde_json::Value) -> reqwest::Response {
-    http()
-        .post(format!("{}/v1/chat/completions", gateway.url))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_streamed_answer_is_chunks_with_ids_then_done() {
     let gateway = Gateway::start(SIM).await;
-    let response = post(&gateway, &chat_body("sim", true)).await;
+    let response = gateway.chat(&chat_body("sim", true)).await;
     assert_eq!(
         response.headers()["content-type"],
         "text/event-stream; charset=utf-8"
@@ -58,11 +49,11 @@ async fn a_streamed_answer_is_chunks_with_ids_then_done() {
 #[tokio::test]
 async fn resume_after_a_cut_gives_exactly_the_rest() {
     let gateway = Gateway::start(SIM).await;
-    let whole = Events::new(post(&gateway, &chat_body("sim", true)).await)
+    let whole = Events::new(gateway.chat(&chat_body("sim", true)).await)
         .rest()
         .await;
 
-    let mut cut = Events::new(post(&gateway, &chat_body("sim", true)).await);
+    let mut cut = Events::new(gateway.chat(&chat_body("sim", true)).await);
     let id = cut.stream_id();
     let mut seen = Vec::new();
     for _ in 0..7 {
@@ -104,7 +95,7 @@ async fn resume_after_a_cut_gives_exactly_the_rest() {
 #[tokio::test]
 async fn the_events_view_names_records() {
     let gateway = Gateway::start(SIM).await;
-    let events = Events::new(post(&gateway, &chat_body("sim", true)).await);
+    let events = Events::new(gateway.chat(&chat_body("sim", true)).await);
     let id = events.stream_id();
     events.rest().await;
     let view = http()
@@ -123,7 +114,7 @@ async fn the_events_view_names_records() {
 #[tokio::test]
 async fn non_streaming_answers_are_assembled_from_the_log() {
     let gateway = Gateway::start(SIM).await;
-    let response = post(&gateway, &chat_body("sim", false)).await;
+    let response = gateway.chat(&chat_body("sim", false)).await;
     assert_eq!(response.status(), 200);
     let id = response.headers()["unbroken-stream-id"]
         .to_str()
@@ -185,32 +176,18 @@ async fn an_idempotency_key_attaches_instead_of_asking_again() {
 
 #[tokio::test]
 async fn cancel_stops_the_writer_and_the_reader_sees_why() {
-    let gateway = Gateway::start(
-        "[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
-    )
-    .await;
-    let mut events = Events::new(post(&gateway, &chat_body("slow", true)).await);
+    let gateway = Gateway::start(common::SLOW).await;
+    let mut events = Events::new(gateway.chat(&chat_body("slow", true)).await);
     let id = events.stream_id();
     events.next().await.unwrap();
-    let cancel = http()
-        .post(format!("{}/v1/streams/{id}/cancel", gateway.url))
-        .send()
-        .await
-        .unwrap();
+    let cancel = gateway.cancel(&id).await;
     assert_eq!(cancel.status(), 202);
     let rest = events.rest().await;
     let last: serde_json::Value = serde_json::from_str(&rest.last().unwrap().data).unwrap();
     assert_eq!(last["error"]["code"], "cancelled");
     assert!(rest.iter().all(|e| e.data != "[DONE]"));
     gateway.settle().await;
-    let status: serde_json::Value = http()
-        .get(format!("{}/v1/streams/{id}/status", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = gateway.status(&id).await;
     assert_eq!(status["state"], "cancelled");
     assert_eq!(gateway.permits("slow", 0), 64, "the slot came back");
 }
@@ -221,19 +198,12 @@ async fn an_unread_answer_is_stopped_after_the_reader_grace() {
         "[server]\nreader_grace_ms = 50\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
     )
     .await;
-    let mut events = Events::new(post(&gateway, &chat_body("slow", true)).await);
+    let mut events = Events::new(gateway.chat(&chat_body("slow", true)).await);
     let id = events.stream_id();
     events.next().await.unwrap();
     drop(events); // the client went away and never came back
     gateway.settle().await; // returns only because the grace cancelled the writer
-    let status: serde_json::Value = http()
-        .get(format!("{}/v1/streams/{id}/status", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = gateway.status(&id).await;
     assert_eq!(status["state"], "cancelled");
     assert!(status["seq"].as_u64().unwrap() < 100_000);
     assert_eq!(gateway.permits("slow", 0), 64);
@@ -242,19 +212,12 @@ async fn an_unread_answer_is_stopped_after_the_reader_grace() {
 #[tokio::test]
 async fn a_disconnect_does_not_stop_the_writer() {
     let gateway = Gateway::start(SIM).await;
-    let mut events = Events::new(post(&gateway, &chat_body("sim", true)).await);
+    let mut events = Events::new(gateway.chat(&chat_body("sim", true)).await);
     let id = events.stream_id();
     events.next().await.unwrap();
     drop(events);
     gateway.settle().await;
-    let status: serde_json::Value = http()
-        .get(format!("{}/v1/streams/{id}/status", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = gateway.status(&id).await;
     assert_eq!(
         status["state"], "finished",
         "the answer was written to the end"
@@ -268,7 +231,7 @@ async fn shutdown_ends_readers_cleanly_and_leaves_unfinished_streams_open() {
         "[server]\nshutdown_grace_ms = 0\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
     )
     .await;
-    let mut events = Events::new(post(&gateway, &chat_body("slow", true)).await);
+    let mut events = Events::new(gateway.chat(&chat_body("slow", true)).await);
     let id: streamlog::StreamId = events.stream_id().parse().unwrap();
     events.next().await.unwrap();
     let state = gateway.state.clone();
@@ -292,7 +255,7 @@ async fn heartbeats_flow_while_tokens_are_slow() {
         "[server]\nheartbeat_interval_ms = 10\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 3, interval_ms = 300 }]\n",
     )
     .await;
-    let response = post(&gateway, &chat_body("slow", true)).await;
+    let response = gateway.chat(&chat_body("slow", true)).await;
     let body = response.text().await.unwrap();
     assert!(body.starts_with("retry: 1000\n"), "{body}");
     assert!(body.contains(": keep-alive\n"), "{body}");

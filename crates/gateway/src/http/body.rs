@@ -7,6 +7,7 @@
 //! reconnect (elsewhere) with their `Last-Event-ID`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt, stream};
 use streamlog::{RecordStream, StreamId};
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::http::render::Render;
 use crate::live::ReaderGuard;
@@ -31,7 +32,8 @@ struct Cursor<R> {
     records: RecordStream,
     render: R,
     heartbeat: Interval,
-    shutdown: CancellationToken,
+    /// Registered once: polling a fresh `cancelled()` per chunk would lock the token.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
     _guard: ReaderGuard,
 }
@@ -44,6 +46,8 @@ pub struct Options {
     pub heartbeat: Duration,
     /// Ends the body on shutdown.
     pub shutdown: CancellationToken,
+    /// Bytes sent right after the `retry:` field (e.g. a `connected` event).
+    pub prelude: Vec<u8>,
 }
 
 /// A `200 text/event-stream` response reading `records` through `render`.
@@ -55,8 +59,10 @@ pub fn response<R: Render>(
     guard: ReaderGuard,
 ) -> Response {
     let mut prelude = Vec::with_capacity(32);
+    // The `retry:` field shares the first event's block: a block of its own would be an
+    // empty event, which some clients (openai-python) choke on.
     sse::write_retry(&mut prelude, options.retry_ms);
-    prelude.push(b'\n');
+    prelude.extend_from_slice(&options.prelude);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.reset();
@@ -64,7 +70,7 @@ pub fn response<R: Render>(
         records,
         render,
         heartbeat,
-        shutdown: options.shutdown,
+        shutdown: Box::pin(options.shutdown.cancelled_owned()),
         ended: false,
         _guard: guard,
     };
@@ -99,7 +105,7 @@ impl<R: Render> Cursor<R> {
         let mut out = Vec::new();
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => {
+            () = &mut self.shutdown => {
                 self.ended = true;
                 return None;
             }

@@ -88,10 +88,26 @@ pub async fn create(
             }
             metrics::counter!("unbroken_idempotent_replays_total").increment(1);
             let meta = state.log.status(existing.stream).await?;
-            return answer(&state, meta, &call, false).await;
+            return answer(&state, meta, &call).await;
         }
     }
 
+    start_generation(&state, &principal, meta.id, model, call.request.clone()).await?;
+    answer(&state, meta, &call).await
+}
+
+/// Hand the generation of stream `id` (created, no lease yet) to a supervisor and wait
+/// for its first delta ("peek before commit").
+///
+/// # Errors
+/// Why no target could start the answer, as the status a client should see.
+pub async fn start_generation(
+    state: &AppState,
+    principal: &Principal,
+    id: StreamId,
+    model: Arc<crate::router::Model>,
+    request: ChatRequest,
+) -> Result<(), ApiError> {
     let lease = state
         .log
         .acquire_lease(id, state.node.clone(), LEASE_TTL)
@@ -101,7 +117,7 @@ pub async fn create(
         id,
         principal: principal.as_str().to_owned(),
         model,
-        request: call.request.clone(),
+        request,
         log: Arc::clone(&state.log),
         token: lease.token,
         live,
@@ -109,29 +125,21 @@ pub async fn create(
         hard_stop: state.hard_stop.clone(),
     };
     let (started_tx, started_rx) = oneshot::channel();
-    // The POST's own reader counts from now, so the grace cannot expire under it.
-    let guard = state.live.attach(&id);
+    // The caller's reader counts from now, so the grace cannot expire under it.
+    let _guard = state.live.attach(&id);
     let registry = Arc::clone(&state.live);
     state.tasks.spawn(async move {
         generation.run(started_tx).await;
         registry.remove(&id);
     });
     match started_rx.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => return Err(error),
-        Err(_) => return Err(ApiError::unavailable("the answer could not be started")),
+        Ok(result) => result,
+        Err(_) => Err(ApiError::unavailable("the answer could not be started")),
     }
-    drop(guard);
-    answer(&state, meta, &call, true).await
 }
 
 /// Answer as a reader of `meta`'s stream from its start.
-async fn answer(
-    state: &AppState,
-    meta: StreamMeta,
-    call: &ChatCall,
-    fresh: bool,
-) -> Result<Response, ApiError> {
+async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<Response, ApiError> {
     let guard = state.live.attach(&meta.id);
     let records = state.log.read(meta.id, 0).await?;
     if call.stream {
@@ -146,7 +154,6 @@ async fn answer(
     }
     let completion = assemble(meta.id, meta.created_ms / 1000, &call.model, records).await;
     drop(guard);
-    let _ = fresh;
     let mut response = match completion {
         Ok(completion) => axum::Json(completion).into_response(),
         Err(error) => error.into_response(),

@@ -178,6 +178,9 @@ impl Render for Events {
                 let data = data.to_string();
                 sse::write_event(out, Some(event), Some(&seq), &data)
             }
+            Record::Progress { data } => {
+                sse::write_event(out, Some("progress"), Some(&seq), &data.to_string())
+            }
             other => {
                 let data = serde_json::to_value(other).unwrap_or_default();
                 let kind = data

@@ -110,7 +110,7 @@ pub async fn resume(
 }
 
 /// `Last-Event-ID` from the header or the query; absent means 0 (from the start).
-fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Seq, ApiError> {
+pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Seq, ApiError> {
     let header = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));

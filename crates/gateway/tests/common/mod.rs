@@ -66,11 +66,32 @@ impl Gateway {
         self.tracker.wait().await;
     }
 
+    /// `POST /v1/chat/completions` with `body`.
+    pub async fn chat(&self, body: &serde_json::Value) -> reqwest::Response {
+        let url = format!("{}/v1/chat/completions", self.url);
+        http().post(url).json(body).send().await.unwrap()
+    }
+
+    /// `GET /v1/streams/{id}/status`.
+    pub async fn status(&self, id: &str) -> serde_json::Value {
+        let url = format!("{}/v1/streams/{id}/status", self.url);
+        http().get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// `POST /v1/streams/{id}/cancel`.
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        let url = format!("{}/v1/streams/{id}/cancel", self.url);
+        http().post(url).send().await.unwrap()
+    }
+
     /// Free slots of target `t` of `model`.
     pub fn permits(&self, model: &str, t: usize) -> usize {
         self.state.models.get(model).unwrap().targets[t].available_permits()
     }
 }
+
+/// A model whose answers outlast any test (100,000 tokens, 2 ms apart).
+pub const SLOW: &str = "[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n";
 
 pub fn parse(text: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,300 @@
+//! Session chat channels: one SSE connection per session carries every answer.
+//!
+//! A session is a stream in the log (kind `session`), named by the client's session id
+//! within its principal. `POST …/messages` records the user's turn, starts an ordinary
+//! chat stream with the whole conversation, and a [`Relay`] copies that answer into the
+//! session as `start`, `token`, `progress`, `complete` / `error` events. The history is
+//! the session stream itself, so it is as durable as the log and `GET …/events` resumes
+//! across answers with `Last-Event-ID` like any stream.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use providers::ChatRequest;
+use serde_json::{Map, Value, json};
+use streamlog::{LogError, NewStream, Record, Seq, StreamId, StreamKind, StreamMeta, StreamState};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::http::body;
+use crate::http::chat::{body_error, start_generation};
+use crate::http::named;
+use crate::http::render::Events;
+use crate::http::streams::last_event_id;
+use crate::relay::Relay;
+use crate::state::AppState;
+use crate::supervisor::LEASE_TTL;
+
+fn namespace(principal: &Principal) -> String {
+    format!("session:{}", principal.as_str())
+}
+
+/// The session `id` of `principal`, created on first use.
+async fn session(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<StreamMeta, ApiError> {
+    if !named::valid_name(id) {
+        return Err(ApiError::bad_request(
+            "invalid_session_id",
+            "a session id is 1 to 128 of A-Z a-z 0-9 _ -",
+        ));
+    }
+    let meta = named::stream(
+        state,
+        namespace(principal),
+        id,
+        StreamKind::Session,
+        principal.as_str(),
+    )
+    .await?;
+    if meta.owner != principal.as_str() || meta.kind != StreamKind::Session {
+        return Err(ApiError::not_found("session_not_found", "no such session"));
+    }
+    Ok(meta)
+}
+
+/// Every record of a stream up to its current end (never follows live).
+pub async fn records_until(
+    state: &AppState,
+    id: StreamId,
+    last: Seq,
+) -> Result<Vec<Record>, ApiError> {
+    let mut out = Vec::new();
+    if last == 0 {
+        return Ok(out);
+    }
+    let mut records = state.log.read(id, 0).await?;
+    while let Some(item) = records.next().await {
+        let (seq, record) = item?;
+        out.push(record);
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The conversation so far, as chat messages.
+fn history(records: &[Record]) -> Vec<Value> {
+    records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Custom { event, data } if event == "user" => {
+                Some(json!({ "role": "user", "content": data["content"] }))
+            }
+            Record::Custom { event, data } if event == "complete" => {
+                Some(json!({ "role": "assistant", "content": data["response"] }))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `POST /v1/sessions`: a new session with a server-chosen id.
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Response, ApiError> {
+    let id = StreamId::new().to_string();
+    session(&state, &principal, &id).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "sessionId": id }))).into_response())
+}
+
+/// `GET /v1/sessions/{id}`: the history.
+pub async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let meta = session(&state, &principal, &id).await?;
+    let records = records_until(&state, meta.id, meta.last_seq).await?;
+    let answering = meta.lease.is_some() && meta.state == StreamState::Open;
+    Ok(Json(json!({
+        "sessionId": id,
+        "state": if meta.state.is_terminal() { "ended" } else if answering { "answering" } else { "open" },
+        "messages": history(&records),
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/sessions/{id}`: end the session; its channel readers end.
+pub async fn end(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let meta = session(&state, &principal, &id).await?;
+    if !meta.state.is_terminal() {
+        let lease = acquire(&state, meta.id).await?;
+        state
+            .log
+            .finish(meta.id, lease, StreamState::Finished)
+            .await?;
+    }
+    Ok(Json(json!({ "sessionId": id, "state": "ended" })).into_response())
+}
+
+async fn acquire(state: &AppState, id: StreamId) -> Result<streamlog::FencingToken, ApiError> {
+    match state
+        .log
+        .acquire_lease(id, state.node.clone(), LEASE_TTL)
+        .await
+    {
+        Ok(lease) => Ok(lease.token),
+        Err(LogError::LeaseHeld { .. }) => Err(ApiError::conflict(
+            "answer_in_progress",
+            "an answer is still streaming in this session",
+        )),
+        Err(LogError::AlreadyFinished { .. }) => Err(ApiError::not_found(
+            "session_not_found",
+            "the session has ended",
+        )),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `GET /v1/sessions/{id}/events`: the channel.
+pub async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let meta = session(&state, &principal, &id).await?;
+    let after = last_event_id(&headers, None)?;
+    if after > meta.last_seq {
+        return Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!(
+                "Last-Event-ID {after} is beyond the session's last event {}",
+                meta.last_seq
+            ),
+        ));
+    }
+    if meta.state.is_terminal() && after == meta.last_seq {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let records = state.log.read(meta.id, after).await?;
+    let mut options = state.sse_options();
+    let connected = json!({ "sessionId": id }).to_string();
+    let _ = sse::write_event(&mut options.prelude, Some("connected"), None, &connected);
+    let guard = state.live.attach(&meta.id);
+    Ok(body::response(meta.id, records, Events, options, guard))
+}
+
+/// `POST /v1/sessions/{id}/messages` {content, model?, temperature?, …} → 202 {streamId}.
+pub async fn message(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
+    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    };
+    let content = match fields.remove("content") {
+        Some(Value::String(content)) if !content.is_empty() => content,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "content must be a non-empty string",
+            ));
+        }
+    };
+    let model_name = match fields.remove("model") {
+        Some(Value::String(model)) => model,
+        None => state
+            .models
+            .names()
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("model_not_found", "no model is configured"))?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "model must be a string",
+            ));
+        }
+    };
+    let model = state.models.get(&model_name).cloned().ok_or_else(|| {
+        ApiError::not_found(
+            "model_not_found",
+            format!("the model {model_name:?} does not exist"),
+        )
+    })?;
+    fields.remove("messages");
+    fields.remove("stream");
+    let meta = session(&state, &principal, &id).await?;
+    let token = acquire(&state, meta.id).await?;
+    let started = async {
+        let records = records_until(&state, meta.id, meta.last_seq).await?;
+        let mut messages = history(&records);
+        messages.push(json!({ "role": "user", "content": content }));
+        let mut request_json = Map::new();
+        request_json.insert("model".into(), Value::String(model_name.clone()));
+        request_json.insert("messages".into(), Value::Array(messages));
+        request_json.extend(fields);
+        let request: ChatRequest = serde_json::from_value(Value::Object(request_json.clone()))
+            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        let answer = StreamId::new();
+        state
+            .log
+            .create(NewStream {
+                id: answer,
+                owner: principal.as_str().to_owned(),
+                kind: StreamKind::Chat,
+                request: Bytes::from(Value::Object(request_json).to_string()),
+            })
+            .await?;
+        start_generation(&state, &principal, answer, model, request).await?;
+        Ok::<_, ApiError>(answer)
+    };
+    let answer = match started.await {
+        Ok(answer) => answer,
+        Err(error) => {
+            // Nothing was recorded: the session stays as it was.
+            let _ = state.log.release_lease(meta.id, token).await;
+            return Err(error);
+        }
+    };
+    let opening = vec![
+        Record::Custom {
+            event: "user".into(),
+            data: json!({ "content": content }),
+        },
+        Record::Custom {
+            event: "start".into(),
+            data: json!({ "streamId": answer.to_string(), "model": model_name }),
+        },
+    ];
+    state.log.append(meta.id, token, opening).await?;
+    let relay = Relay {
+        log: std::sync::Arc::clone(&state.log),
+        session: meta.id,
+        token,
+        answer,
+        progress_every: state.server.progress_every,
+        hard_stop: state.hard_stop.clone(),
+    };
+    let guard = state.live.attach(&answer);
+    state.tasks.spawn(async move {
+        // The session keeps the answer: it is read (into the history) to the end.
+        let _guard = guard;
+        relay.run().await;
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "sessionId": id, "streamId": answer.to_string() })),
+    )
+        .into_response())
+}

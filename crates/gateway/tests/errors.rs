@@ -1,0 +1,251 @@
+//! Bad input gets a clear OpenAI-shaped error with the right status — never a panic — and
+//! streams stay invisible to other principals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Events, Gateway, chat_body, http};
+
+const SIM: &str = r#"
+[server]
+max_body_bytes = 2048
+[[models]]
+name = "sim"
+targets = [{ provider = "simulator", tokens = 5 }]
+"#;
+
+async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let code = body["error"]["code"].as_str().unwrap().to_owned();
+    assert!(body["error"]["message"].is_string());
+    assert!(body["error"]["type"].is_string());
+    (status, code)
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_clearly() {
+    let gateway = Gateway::start(SIM).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 400, "invalid_json"),
+        (b"{}".to_vec(), 400, "invalid_request"),
+        (
+            br#"{"model":"sim","messages":"hi"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#.to_vec(),
+            404,
+            "model_not_found",
+        ),
+        (vec![b' '; 4096], 413, "request_too_large"),
+    ];
+    for (body, status, code) in cases {
+        let response = http().post(&url).body(body).send().await.unwrap();
+        assert_eq!(error_of(response).await, (status, code.to_owned()));
+    }
+    let bad_key = http()
+        .post(&url)
+        .header("idempotency-key", "")
+        .json(&chat_body("sim", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(bad_key).await,
+        (400, "invalid_idempotency_key".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn unknown_streams_and_bad_event_ids_are_refused() {
+    let gateway = Gateway::start(SIM).await;
+    let events = Events::new(
+        http()
+            .post(format!("{}/v1/chat/completions", gateway.url))
+            .json(&chat_body("sim", true))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let id = events.stream_id();
+    events.rest().await;
+    let get = |path: String, last: Option<&'static str>| {
+        let mut request = http().get(format!("{}{path}", gateway.url));
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        request.send()
+    };
+    let unknown = streamlog::StreamId::new();
+    for path in [
+        format!("/v1/streams/{unknown}"),
+        "/v1/streams/not-an-id".to_owned(),
+    ] {
+        assert_eq!(
+            error_of(get(path, None).await.unwrap()).await,
+            (404, "stream_not_found".into())
+        );
+    }
+    let bad = get(format!("/v1/streams/{id}"), Some("abc")).await.unwrap();
+    assert_eq!(error_of(bad).await, (400, "invalid_last_event_id".into()));
+    let beyond = get(format!("/v1/streams/{id}"), Some("99")).await.unwrap();
+    assert_eq!(
+        error_of(beyond).await,
+        (400, "invalid_last_event_id".into())
+    );
+    let format = get(format!("/v1/streams/{id}?format=xml"), None)
+        .await
+        .unwrap();
+    assert_eq!(error_of(format).await, (400, "invalid_format".into()));
+    let route = get("/v2/nothing".to_owned(), None).await.unwrap();
+    assert_eq!(error_of(route).await, (404, "not_found".into()));
+}
+
+#[tokio::test]
+async fn streams_belong_to_their_principal() {
+    let hash = |key: &str| {
+        use std::fmt::Write;
+        gateway::auth::sha256(key.as_bytes())
+            .iter()
+            .fold(String::new(), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+    };
+    let gateway = Gateway::start(&format!(
+        "[[auth.keys]]\nprincipal = \"alice\"\nsha256 = \"{}\"\n[[auth.keys]]\nprincipal = \"bob\"\nsha256 = \"{}\"\n{SIM}",
+        hash("alice-key"),
+        hash("bob-key")
+    ))
+    .await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let anonymous = http()
+        .post(&url)
+        .json(&chat_body("sim", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(anonymous).await, (401, "invalid_api_key".into()));
+    let wrong = http()
+        .post(&url)
+        .bearer_auth("guess")
+        .json(&chat_body("sim", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(wrong).await, (401, "invalid_api_key".into()));
+
+    let events = Events::new(
+        http()
+            .post(&url)
+            .bearer_auth("alice-key")
+            .json(&chat_body("sim", true))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let id = events.stream_id();
+    events.rest().await;
+    for (method, path) in [
+        ("GET", format!("/v1/streams/{id}")),
+        ("GET", format!("/v1/streams/{id}/status")),
+        ("POST", format!("/v1/streams/{id}/cancel")),
+    ] {
+        let request = http()
+            .request(method.parse().unwrap(), format!("{}{path}", gateway.url))
+            .bearer_auth("bob-key");
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            error_of(response).await,
+            (404, "stream_not_found".into()),
+            "{path}"
+        );
+    }
+    let own = http()
+        .get(format!("{}/v1/streams/{id}/status", gateway.url))
+        .bearer_auth("alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_listed_origins_and_exposes_the_stream_id() {
+    let gateway = Gateway::start(
+        "[server]\ncors_origins = [\"http://app.test\"]\n[[models]]\nname = \"sim\"\ntargets = [{ provider = \"simulator\", tokens = 2 }]\n",
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let allowed = http()
+        .post(&url)
+        .header("origin", "http://app.test")
+        .json(&chat_body("sim", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://app.test"
+    );
+    let exposed = allowed.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("unbroken-stream-id"));
+    let other = http()
+        .post(&url)
+        .header("origin", "http://evil.test")
+        .json(&chat_body("sim", false))
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn operations_endpoints_answer() {
+    let gateway = Gateway::start(SIM).await;
+    for path in ["/health", "/ready", "/openapi.json", "/v1/models"] {
+        let response = http()
+            .get(format!("{}{path}", gateway.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let models: serde_json::Value = http()
+        .get(format!("{}/v1/models", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "sim");
+    let answer = http()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .json(&chat_body("sim", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let metrics = http()
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("unbroken_upstream_requests_total{model=\"sim\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("unbroken_upstream_ttft_seconds_bucket"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,178 @@
+//! Upstream faults: retries before the first token, fallback to the next target,
+//! continuation after a mid-answer cut, a real error after none is left, busy queues.
+//! The fake upstream is the simulator over HTTP; it counts the requests it receives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Events, Gateway, Upstream, chat_body, http, ids, text_of};
+use providers::simulator::SimulatorConfig;
+
+fn openai_target(upstream: &Upstream, extra: &str) -> String {
+    format!(
+        "{{ provider = \"openai\", base_url = \"{}\", retry_base_ms = 1{extra} }}",
+        upstream.url
+    )
+}
+
+#[tokio::test]
+async fn a_429_then_200_is_retried_before_the_first_token() {
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 5,
+        error_status: Some(429),
+        error_times: Some(1),
+        retry_after_s: Some(0),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&upstream, "")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await)
+        .rest()
+        .await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(upstream.requests(), 2, "refused once, then served");
+}
+
+#[tokio::test]
+async fn repeated_500s_fall_back_to_the_next_target() {
+    let broken = Upstream::start(SimulatorConfig {
+        error_status: Some(500),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}, {{ provider = \"simulator\", tokens = 4 }}]\n",
+        openai_target(&broken, ", max_retries = 2")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await)
+        .rest()
+        .await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(text_of(&events).split_whitespace().count(), 4);
+    assert_eq!(
+        broken.requests(),
+        3,
+        "one try and two retries, then the fallback"
+    );
+    assert_eq!(gateway.permits("m", 0), 64);
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_starts_is_a_real_status() {
+    let broken = Upstream::start(SimulatorConfig {
+        error_status: Some(503),
+        retry_after_s: Some(7),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&broken, ", max_retries = 0")
+    ))
+    .await;
+    let response = gateway.chat(&chat_body("m", true)).await;
+    assert_eq!(response.status(), 502, "not a 200 with an error inside");
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "upstream_error");
+    assert_eq!(error["error"]["type"], "upstream_error");
+    assert!(!error["error"]["message"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_mid_answer_cut_with_no_continuation_ends_in_an_error_event() {
+    let cut = Upstream::start(SimulatorConfig {
+        tokens: 20,
+        fail_after: Some(5),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&cut, "")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await);
+    let id = events.stream_id();
+    let events = events.rest().await;
+    assert_eq!(text_of(&events).split_whitespace().count(), 5);
+    let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_interrupted");
+    assert!(
+        events.iter().all(|e| e.data != "[DONE]"),
+        "never a fake finish"
+    );
+    gateway.settle().await;
+    let status = gateway.status(&id).await;
+    assert_eq!(status["state"], "failed");
+    assert_eq!(gateway.permits("m", 0), 64);
+}
+
+#[tokio::test]
+async fn a_mid_answer_cut_is_continued_on_a_prefill_target_as_one_answer() {
+    let config = SimulatorConfig {
+        tokens: 30,
+        seed: 9,
+        ..SimulatorConfig::default()
+    };
+    let cut = Upstream::start(SimulatorConfig {
+        fail_after: Some(12),
+        ..config.clone()
+    })
+    .await;
+    let whole = Upstream::start(config).await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}, {}]\n",
+        openai_target(&cut, ""),
+        openai_target(&whole, ", supports_prefill = true")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await)
+        .rest()
+        .await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let ids = ids(&events);
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "one gapless sequence"
+    );
+    // The reader sees one unbroken answer: the same text as an uncut upstream's.
+    let uncut = Events::new(
+        http()
+            .post(format!("{}/chat/completions", whole.url))
+            .json(&chat_body("m", true))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .rest()
+    .await;
+    assert_eq!(text_of(&events), text_of(&uncut));
+    assert_eq!(cut.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after_and_frees_its_slot() {
+    let gateway = Gateway::start(
+        "[[models]]\nname = \"m\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2, max_concurrency = 1, queue_timeout_ms = 20 }]\n",
+    )
+    .await;
+    let mut holder = Events::new(gateway.chat(&chat_body("m", true)).await);
+    let id = holder.stream_id();
+    holder.next().await.unwrap();
+    assert_eq!(gateway.permits("m", 0), 0);
+    let refused = gateway.chat(&chat_body("m", true)).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "rate_limit_error");
+    gateway.cancel(&id).await;
+    holder.rest().await;
+    gateway.settle().await;
+    assert_eq!(gateway.permits("m", 0), 1, "no path leaks the slot");
+}
