@@ -3,8 +3,10 @@
 //! # Layout
 //! - `main.rs`: argument parsing and dispatch (this file); no logic of its own.
 //! - [`serve`]: `unbroken serve`, the gateway.
+//! - [`chat`]: `unbroken chat`, a streamed question and answer that survives drops.
 //! - [`listen`]: `unbroken listen <url>`, a resumable SSE reader printing events.
 //! - [`simulate`]: `unbroken simulate`, the simulator as a standalone upstream.
+//! - [`bench`]: `unbroken bench`, a load generator for streaming chat completions.
 //!
 //! The commands are thin shells over the library crates, so tests drive the same code.
 // The CLI is the one place that talks to people on stdout and stderr.
@@ -14,6 +16,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod chat;
 mod listen;
 mod serve;
 mod simulate;
@@ -32,9 +36,14 @@ enum Command {
     Serve(serve::Args),
     /// Read a Server-Sent Events stream, resuming with Last-Event-ID when it drops.
     Listen(listen::Args),
+    /// Ask a question and stream the answer; resumes across drops, Ctrl-C cancels.
+    Chat(chat::Args),
     /// Serve synthetic answers as an OpenAI-compatible server, for load and fault tests
     /// (not a model).
     Simulate(simulate::Args),
+    /// Measure TTFT, inter-token gaps and throughput of streaming chat completions under
+    /// concurrent load.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,7 +69,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Listen(args) => listen::run(args).await,
+            Command::Chat(args) => chat::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -1,12 +1,16 @@
 //! `unbroken serve`: wire the configuration to `gateway::run`. No logic of its own.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, bail};
-use gateway::config::StoreKind;
+use gateway::config::{ModelConfig, StoreKind, TargetConfig};
 use gateway::{AppState, Config};
+use providers::Provider;
 
 /// Arguments of `unbroken serve`.
 #[derive(Debug, clap::Args)]
@@ -24,6 +28,10 @@ pub struct Args {
     /// Allow a non-loopback address with no API keys configured.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// The GGUF file of the built-in model `smollm2`, served when the configuration has
+    /// no [[models]] (default: the file scripts/fetch-model puts in the model cache).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
 }
 
 /// Run the gateway until SIGINT or SIGTERM.
@@ -49,8 +57,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ => bail!("--store must be `memory` or `sqlite:PATH`, not {other:?}"),
         },
     }
+    if config.models.is_empty() {
+        // The embedded default: the local model, so a fresh install answers offline.
+        let target = serde_json::json!({ "provider": "local", "path": args.model });
+        config.models.push(ModelConfig {
+            name: local::MODEL_ID.to_owned(),
+            targets: vec![serde_json::from_value::<TargetConfig>(target)?],
+        });
+    } else if args.model.is_some() {
+        bail!(
+            "--model applies only without [[models]] in the configuration; set `path` on a local target instead"
+        );
+    }
     let log = gateway::open_log(&config.store).map_err(anyhow::Error::msg)?;
-    let state = AppState::new(&config, log).map_err(anyhow::Error::msg)?;
+    let state = AppState::with_local(&config, log, &load_local).map_err(anyhow::Error::msg)?;
     let listen = config.server.listen;
     if !state.keys.enabled() {
         if !listen.ip().is_loopback() && !config.server.allow_unauthenticated {
@@ -66,17 +86,37 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "unbroken: no models configured; add [[models]] to a config file (docs/CONFIG.md)"
         );
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = gateway::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
-    println!("unbroken listening on http://{local}");
-    println!(
+    // Whoever started us may stop reading stdout; that must not stop the gateway.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "unbroken listening on http://{local}");
+    let _ = writeln!(out, "  chat UI: http://{local}/");
+    let _ = writeln!(
+        out,
         "  OpenAI-compatible API: http://{local}/v1 (models: {})",
         state.models.names().join(", ")
     );
+    let _ = out.flush();
+    drop(out);
     gateway::run(listener, state, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Build a `provider = "local"` target: load its GGUF file.
+fn load_local(target: &TargetConfig, key: &str) -> Result<Arc<dyn Provider>, String> {
+    let path = target
+        .path
+        .clone()
+        .unwrap_or_else(local::default_model_path);
+    let options = local::LocalOptions {
+        threads: target.threads.unwrap_or(0),
+        ..local::LocalOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let provider = local::LocalProvider::load(&path, options).map_err(|e| format!("{key}: {e}"))?;
+    tracing::info!(path = %path.display(), elapsed = ?started.elapsed(), "local model loaded");
+    Ok(Arc::new(provider))
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

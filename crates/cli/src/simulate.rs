@@ -44,9 +44,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         fail_after: args.fail_after,
         ..SimulatorConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        gateway::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     println!(
         "simulator listening on http://{}/v1",
         listener.local_addr()?

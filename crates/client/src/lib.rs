@@ -9,6 +9,8 @@
 //! - [`policy`]: [`Policy`], the backoff and retry knobs, and the delay computation.
 //! - [`source`]: [`EventSource`], the reconnecting stream of [`Update`]s.
 //! - [`error`]: [`ClientError`], which knows whether it is worth another attempt.
+//! - [`chat`]: [`chat::Chat`], a streamed chat completion through an unbroken gateway that
+//!   survives drops: POST with an idempotency key, resume with `GET /v1/streams/{id}`.
 //!
 //! # Example
 //! ```no_run
@@ -27,11 +29,12 @@
 //! # }
 //! ```
 
+pub mod chat;
 pub mod error;
 pub mod policy;
 pub mod source;
 
 pub use error::ClientError;
 pub use policy::Policy;
-pub use source::{EventSource, Request, State, Stats, Update};
+pub use source::{EventSource, Request, ResumeWith, State, Stats, Update};
 pub use sse::Event;

@@ -21,8 +21,12 @@ use sse::{Decoder, EventStream, Frame};
 use crate::error::ClientError;
 use crate::policy::Policy;
 
+/// Picks the request for later attempts from the first response's headers (e.g. a POST
+/// that created a stream is resumed with a GET of that stream).
+pub type ResumeWith = Arc<dyn Fn(&HeaderMap) -> Option<Request> + Send + Sync>;
+
 /// What to send on every attempt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
     /// GET or POST.
     pub method: Method,
@@ -34,6 +38,20 @@ pub struct Request {
     pub body: Option<Bytes>,
     /// The `Last-Event-ID` for the first attempt, when resuming a stream seen before.
     pub last_event_id: Option<String>,
+    /// Called with the headers of the first successful response; a returned request
+    /// replaces this one for every later attempt.
+    pub resume_with: Option<ResumeWith>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url.as_str())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("last_event_id", &self.last_event_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {
@@ -48,6 +66,7 @@ impl Request {
             headers: HeaderMap::new(),
             body: None,
             last_event_id: None,
+            resume_with: None,
         })
     }
 
@@ -323,6 +342,12 @@ impl Reader {
                 }
             })?;
         let status = response.status();
+        if status == StatusCode::OK
+            && let Some(resume_with) = self.request.resume_with.take()
+            && let Some(next) = resume_with(response.headers())
+        {
+            self.request = next;
+        }
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
@@ -413,7 +438,7 @@ impl Reader {
 
 /// Install rustls' `ring` provider as the process default unless one is installed (the
 /// workspace builds reqwest without a provider of its own).
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another installer is fine: a provider is installed either way.
         let _ = rustls::crypto::ring::default_provider().install_default();
