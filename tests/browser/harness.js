@@ -18,16 +18,24 @@ targets = [{ provider = "simulator", tokens = 160, ttft_ms = 100, interval_ms = 
 `;
 
 /**
- * The gateway under test: `UNBROKEN_URL` when scripts/browser-test started one, otherwise a
- * fresh `serve` on 127.0.0.1:0 whose URL is read from its stdout.
+ * The gateway under test: `UNBROKEN_URL` when scripts/browser-test started one (simulator
+ * config), otherwise a fresh `serve` on 127.0.0.1:0 with `config` whose URL is read from its
+ * stdout.
  */
-export async function gateway() {
-  if (process.env.UNBROKEN_URL) return { url: process.env.UNBROKEN_URL.replace(/\/$/, ''), stop: async () => {} };
+export async function gateway({ config = SIM_CONFIG } = {}) {
+  if (process.env.UNBROKEN_URL && config === SIM_CONFIG) {
+    return { url: process.env.UNBROKEN_URL.replace(/\/$/, ''), stop: async () => {} };
+  }
   const dir = await mkdtemp(path.join(os.tmpdir(), 'unbroken-gw-'));
-  const config = path.join(dir, 'sim.toml');
-  await writeFile(config, SIM_CONFIG);
+  const args = ['serve', '--listen', '127.0.0.1:0', '--store', 'memory'];
+  // `config: null` runs the embedded defaults: the local model.
+  if (config !== null) {
+    const file = path.join(dir, 'unbroken.toml');
+    await writeFile(file, config);
+    args.push('--config', file);
+  }
   const bin = process.env.UNBROKEN_BIN || path.join(ROOT, 'target/debug/unbroken');
-  const child = spawn(bin, ['serve', '--config', config, '--listen', '127.0.0.1:0', '--store', 'memory'], {
+  const child = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const url = await new Promise((resolve, reject) => {
