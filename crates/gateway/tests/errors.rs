@@ -208,7 +208,15 @@ async fn cors_allows_only_the_listed_origins_and_exposes_the_stream_id() {
 #[tokio::test]
 async fn operations_endpoints_answer() {
     let gateway = Gateway::start(SIM).await;
-    for path in ["/health", "/ready", "/openapi.json", "/v1/models"] {
+    for path in [
+        "/health",
+        "/ready",
+        "/openapi.json",
+        "/v1/models",
+        "/",
+        "/sdk/unbroken.js",
+        "/sdk/sse.js",
+    ] {
         let response = http()
             .get(format!("{}{path}", gateway.url))
             .send()

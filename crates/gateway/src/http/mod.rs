@@ -50,6 +50,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/app.js", get(web::app_js))
         .route("/style.css", get(web::style_css))
         .route("/sdk/unbroken.js", get(web::sdk))
+        .route("/sdk/sse.js", get(web::sdk_sse))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(limit));
     match cors(&state.server.cors_origins) {

@@ -7,6 +7,7 @@ const INDEX: &str = include_str!("../../../../web/index.html");
 const APP_JS: &str = include_str!("../../../../web/app.js");
 const STYLE_CSS: &str = include_str!("../../../../web/style.css");
 const SDK: &str = include_str!("../../../../web/unbroken.js");
+const SDK_SSE: &str = include_str!("../../../../web/sse.js");
 
 fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
@@ -36,4 +37,9 @@ pub async fn style_css() -> impl IntoResponse {
 /// `GET /sdk/unbroken.js`: the browser client as an ES module.
 pub async fn sdk() -> impl IntoResponse {
     file("text/javascript; charset=utf-8", SDK)
+}
+
+/// `GET /sdk/sse.js`: the SSE parser `unbroken.js` imports.
+pub async fn sdk_sse() -> impl IntoResponse {
+    file("text/javascript; charset=utf-8", SDK_SSE)
 }
