@@ -54,6 +54,13 @@ pub struct Args {
     /// describe streaming, not a burst of TCP connects.
     #[arg(long)]
     warmup: bool,
+    /// Spread the slots' first measured requests evenly over this many seconds instead
+    /// of starting them all at once. With equal-length answers a burst stays a burst
+    /// (every slot ends and restarts in the same millisecond), so without a ramp the
+    /// numbers describe C simultaneous arrivals; with one about as long as an answer,
+    /// they describe C streams open at once in a steady state.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    ramp_up: f64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -173,10 +180,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         requests => requests,
     };
 
+    if !(args.ramp_up.is_finite() && args.ramp_up >= 0.0) {
+        bail!("--ramp-up must be a number of seconds, 0 or more");
+    }
+    let step = Duration::from_secs_f64(args.ramp_up) / u32::try_from(args.concurrency)?;
     let begin = Instant::now();
     let mut workers = JoinSet::new();
-    for _ in 0..args.concurrency {
-        workers.spawn(worker(request.clone(), budget, started.clone()));
+    for slot in 0..args.concurrency {
+        let first = begin + step * u32::try_from(slot)?;
+        workers.spawn(worker(request.clone(), budget, started.clone(), first));
     }
     let mut all = Samples::default();
     while let Some(done) = workers.join_next().await {
@@ -206,8 +218,14 @@ struct Target {
 }
 
 /// One concurrent stream slot: requests one answer after another until the budget ends.
-async fn worker(target: Arc<Target>, budget: Budget, started: Arc<AtomicU64>) -> Samples {
+async fn worker(
+    target: Arc<Target>,
+    budget: Budget,
+    started: Arc<AtomicU64>,
+    first: Instant,
+) -> Samples {
     let mut samples = Samples::default();
+    tokio::time::sleep_until(first.into()).await;
     loop {
         match budget {
             Budget::Requests(n) => {
@@ -371,6 +389,7 @@ struct Report {
     model: String,
     concurrency: usize,
     warmup: bool,
+    ramp_up: f64,
     completed: u64,
     errors: u64,
     error_kinds: BTreeMap<String, u64>,
@@ -388,6 +407,7 @@ impl Report {
             model: args.model.clone(),
             concurrency: args.concurrency,
             warmup: args.warmup,
+            ramp_up: args.ramp_up,
             completed: samples.completed,
             errors: samples.errors.values().sum(),
             error_kinds: samples.errors,
@@ -409,6 +429,7 @@ impl Report {
             "model": self.model,
             "concurrency": self.concurrency,
             "warmup": self.warmup,
+            "ramp_up_s": self.ramp_up,
             "completed": self.completed,
             "errors": self.errors,
             "error_kinds": self.error_kinds,
@@ -426,11 +447,16 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} model={} concurrency={}{}",
+            "{} model={} concurrency={}{}{}",
             self.url,
             self.model,
             self.concurrency,
-            if self.warmup { " (after warm-up)" } else { "" }
+            if self.warmup { " (after warm-up)" } else { "" },
+            if self.ramp_up > 0.0 {
+                format!(" (ramp-up {} s)", self.ramp_up)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             out,

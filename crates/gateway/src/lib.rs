@@ -25,6 +25,7 @@ pub mod http;
 pub mod live;
 pub mod relay;
 pub mod router;
+pub mod signal;
 pub mod state;
 pub mod supervisor;
 pub mod writers;
@@ -63,13 +64,13 @@ pub async fn run(
     housekeeping.spawn(streamlog::retention::purge_periodically(
         std::sync::Arc::clone(&state.log),
         std::time::Duration::from_secs(60),
-        state.shutdown.clone().cancelled_owned(),
+        state.shutdown.raised(),
     ));
     housekeeping.spawn(http::hub::retention(state.clone(), state.shutdown.clone()));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: closing readers, draining writers");
-        token.cancel();
+        token.raise();
     };
     // Tokens are small writes that must leave at once: no Nagle delay.
     let listener = listener.tap_io(|tcp| {
@@ -88,7 +89,7 @@ pub async fn run(
             ?grace,
             "writers still running after the shutdown grace; stopping them"
         );
-        state.hard_stop.cancel();
+        state.hard_stop.raise();
         state.tasks.wait().await;
     }
     housekeeping.close();

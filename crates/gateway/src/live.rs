@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use crate::signal::Signal;
 use streamlog::StreamId;
-use tokio_util::sync::CancellationToken;
 
 /// One generation in progress on this node.
 #[derive(Debug)]
 pub struct Live {
     /// Cancels the generation.
-    pub cancel: CancellationToken,
+    pub cancel: Signal,
     readers: AtomicUsize,
     /// Milliseconds since `epoch` when the last reader detached (or the start).
     idle_since_ms: AtomicU64,
@@ -26,7 +26,7 @@ pub struct Live {
 impl Live {
     fn new() -> Self {
         Self {
-            cancel: CancellationToken::new(),
+            cancel: Signal::new(),
             readers: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             epoch: Instant::now(),

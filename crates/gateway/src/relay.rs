@@ -12,9 +12,9 @@ use std::sync::Arc;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use streamlog::{FencingToken, Record, StreamId, StreamLog};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::signal::Signal;
 use crate::supervisor::LEASE_TTL;
 
 /// Records copied in one append at most.
@@ -33,7 +33,7 @@ pub struct Relay {
     /// A `progress` event every this many tokens.
     pub progress_every: u32,
     /// Stop now (shutdown grace over); the lease then expires by itself.
-    pub hard_stop: CancellationToken,
+    pub hard_stop: Signal,
 }
 
 #[derive(Default)]
@@ -65,7 +65,7 @@ impl Relay {
         while !ended {
             tokio::select! {
                 biased;
-                () = self.hard_stop.cancelled() => return,
+                () = self.hard_stop.raised() => return,
                 _ = renew.tick() => {
                     if let Err(error) = self.log.renew_lease(self.session, self.token, LEASE_TTL).await {
                         tracing::warn!(%error, "session lease lost");

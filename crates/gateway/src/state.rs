@@ -9,7 +9,6 @@ use providers::Provider;
 use providers::openai::{OpenAiConfig, OpenAiProvider};
 use providers::simulator::{SimulatorConfig, SimulatorProvider};
 use streamlog::StreamLog;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Keys, Principal};
@@ -17,6 +16,7 @@ use crate::config::{Config, ProviderKind, ServerConfig, StoreConfig, StoreKind, 
 use crate::http::body::Options;
 use crate::live::LiveStreams;
 use crate::router::{Limits, Model, Models, Target};
+use crate::signal::Signal;
 
 /// Builds the provider of a `provider = "local"` target (given the target and its key
 /// path for error messages).
@@ -50,9 +50,9 @@ pub struct Shared {
     /// Owns every supervisor task.
     pub tasks: TaskTracker,
     /// Cancelled when shutdown begins: readers end, new requests are refused.
-    pub shutdown: CancellationToken,
+    pub shutdown: Signal,
     /// Cancelled when the shutdown grace is over: writers stop where they are.
-    pub hard_stop: CancellationToken,
+    pub hard_stop: Signal,
     /// This node's name in leases.
     pub node: String,
     /// Leases for topic and task writes.
@@ -129,8 +129,8 @@ impl AppState {
             anonymous: Principal("anonymous".into()),
             live: Arc::new(LiveStreams::default()),
             tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
+            shutdown: Signal::new(),
+            hard_stop: Signal::new(),
             node,
             writers: crate::writers::Writers::default(),
             publishers: config.topics.publishers.iter().cloned().collect(),

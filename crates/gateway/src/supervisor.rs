@@ -15,14 +15,16 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use providers::{ChatRequest, Delta, DeltaStream, ProviderError};
-use streamlog::{FencingToken, Record, StreamId, StreamLog, StreamState};
+use streamlog::{
+    FencingToken, Lease, LogError, NewStream, Record, StreamId, StreamLog, StreamMeta, StreamState,
+};
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::live::Live;
 use crate::router::{Model, StartError, Started};
+use crate::signal::Signal;
 
 /// How long a writer's lease lasts; it is renewed at a third of this.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -42,14 +44,36 @@ pub struct Generation {
     pub request: ChatRequest,
     /// The log.
     pub log: Arc<dyn StreamLog>,
-    /// The lease's fencing token.
-    pub token: FencingToken,
+    /// The stream's creation with this writer's lease, already under way: it commits
+    /// while the upstream is asked, and is awaited only when the first record is written
+    /// (or the generation ends first), so its commit is off the path to the first token.
+    pub creation: Creation,
     /// This generation's registry entry.
     pub live: Arc<Live>,
     /// How long a generation may go unread.
     pub reader_grace: Duration,
     /// Cancelled when the gateway must stop writing now (shutdown grace over).
-    pub hard_stop: CancellationToken,
+    pub hard_stop: Signal,
+}
+
+/// The stream being created with the writer's lease (see [`create_in_background`]), or
+/// already created.
+pub type Creation =
+    std::pin::Pin<Box<dyn Future<Output = Result<(StreamMeta, Lease), LogError>> + Send>>;
+
+/// Create `new` with a writer lease for `holder` on a task of `tasks` — so it completes
+/// even if nobody waits for it, and no stream is left half made — and return the wait for it.
+pub fn create_in_background(
+    tasks: &tokio_util::task::TaskTracker,
+    log: Arc<dyn StreamLog>,
+    new: NewStream,
+    holder: String,
+) -> Creation {
+    let task = tasks.spawn(async move { log.create_leased(new, holder, LEASE_TTL).await });
+    Box::pin(async move {
+        task.await
+            .unwrap_or_else(|e| Err(LogError::Storage(e.to_string().into())))
+    })
 }
 
 /// How a generation ended.
@@ -66,22 +90,26 @@ pub enum Outcome {
 }
 
 impl Generation {
-    /// Run to the end. `started` learns whether the first delta arrived (`Ok`) or why
-    /// no target could start the answer (`Err`, with the stream already failed).
-    pub async fn run(self, started: oneshot::Sender<Result<(), ApiError>>) -> Outcome {
+    /// Run to the end. `started` learns the stream once the first delta is appended
+    /// (`Ok`), or why no target could start the answer (`Err`, with the stream already
+    /// failed, or never created if the log refused it).
+    pub async fn run(self, started: oneshot::Sender<Result<StreamMeta, ApiError>>) -> Outcome {
         let span = tracing::info_span!("supervisor", stream = %self.id, principal = %self.principal, model = %self.model.name);
         self.run_inner(started).instrument(span).await
     }
 
-    async fn run_inner(self, started: oneshot::Sender<Result<(), ApiError>>) -> Outcome {
+    async fn run_inner(self, started: oneshot::Sender<Result<StreamMeta, ApiError>>) -> Outcome {
         let mut started = Some(started);
         let mut writer = Writer {
             log: Arc::clone(&self.log),
             id: self.id,
-            token: self.token,
+            lease: WriterLease::Pending(self.creation),
             text: String::new(),
             pieces: 0,
             finished: None,
+            meta: None,
+            refused: None,
+            appends: metrics::counter!("unbroken_appends_total"),
         };
         let mut renew = tokio::time::interval(LEASE_TTL / 3);
         renew.reset();
@@ -90,8 +118,8 @@ impl Generation {
         grace.reset();
 
         // Registered once each: a fresh `cancelled()` per delta would lock the tokens.
-        let mut hard_stop = std::pin::pin!(self.hard_stop.clone().cancelled_owned());
-        let mut cancelled = std::pin::pin!(self.live.cancel.clone().cancelled_owned());
+        let mut hard_stop = std::pin::pin!(self.hard_stop.raised());
+        let mut cancelled = std::pin::pin!(self.live.cancel.raised());
         let mut next_target = 0;
         let mut prefill_only = false;
         let mut interrupted: Option<ProviderError> = None;
@@ -131,7 +159,11 @@ impl Generation {
                     () = &mut hard_stop => break 'answer Stop::Abandoned,
                     () = &mut cancelled => break 'answer Stop::Cancelled,
                     _ = renew.tick() => {
-                        if let Err(error) = self.log.renew_lease(self.id, self.token, LEASE_TTL).await {
+                        let renewed = match writer.token().await {
+                            Ok(token) => self.log.renew_lease(self.id, token, LEASE_TTL).await.map(|_| ()),
+                            Err(error) => Err(error),
+                        };
+                        if let Err(error) = renewed {
                             tracing::warn!(%error, "lease lost; stopping");
                             break 'answer Stop::Abandoned;
                         }
@@ -139,7 +171,7 @@ impl Generation {
                     _ = grace.tick() => {
                         if self.live.unread_for().is_some_and(|idle| idle >= self.reader_grace) {
                             tracing::info!("no reader attached for the reader grace; cancelling");
-                            self.live.cancel.cancel();
+                            self.live.cancel.raise();
                         }
                     }
                     item = deltas.next() => {
@@ -148,8 +180,14 @@ impl Generation {
                             tracing::error!(%error, "append failed; stopping");
                             break 'answer Stop::Abandoned;
                         }
-                        if let Some(tx) = started.take() {
-                            let _ = tx.send(Ok(()));
+                        if started.is_some() {
+                            // The first delta: the request learns its (created) stream.
+                            if writer.token().await.is_err() {
+                                break 'answer Stop::Abandoned;
+                            }
+                            if let (Some(meta), Some(tx)) = (writer.meta.take(), started.take()) {
+                                let _ = tx.send(Ok(meta));
+                            }
                         }
                         if ended || failure.is_some() {
                             // An upstream that said why it finished is complete, even if
@@ -217,6 +255,11 @@ impl Generation {
                 Outcome::Abandoned
             }
         };
+        if let Some(error) = writer.refused.take()
+            && let Some(tx) = started.take()
+        {
+            let _ = tx.send(Err(error.into()));
+        }
         if let Some(tx) = started.take() {
             // Cancelled or abandoned before the first token.
             let _ = tx.send(Err(ApiError::unavailable(
@@ -272,11 +315,25 @@ enum Stop {
     Abandoned,
 }
 
+/// The writer's lease: being granted with the stream's creation, then held.
+enum WriterLease {
+    Pending(Creation),
+    Held(FencingToken),
+    /// The log refused the creation (see `Writer::refused`): nothing can be written.
+    Refused,
+}
+
 /// Turns deltas into appended records and remembers the text so far.
 struct Writer {
     log: Arc<dyn StreamLog>,
     id: StreamId,
-    token: FencingToken,
+    lease: WriterLease,
+    /// The created stream, until the first append hands it to the waiting request.
+    meta: Option<StreamMeta>,
+    /// Why the log refused to create the stream, until reported.
+    refused: Option<LogError>,
+    /// Looked up once, not per append.
+    appends: metrics::Counter,
     text: String,
     /// Text deltas appended (≈ tokens generated).
     pieces: u32,
@@ -284,6 +341,27 @@ struct Writer {
 }
 
 impl Writer {
+    /// The lease's fencing token, once the stream's creation has committed.
+    async fn token(&mut self) -> Result<FencingToken, LogError> {
+        if let WriterLease::Pending(creation) = &mut self.lease {
+            match creation.await {
+                Ok((meta, lease)) => {
+                    self.lease = WriterLease::Held(lease.token);
+                    self.meta = Some(meta);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not create the stream");
+                    self.lease = WriterLease::Refused;
+                    self.refused = Some(error);
+                }
+            }
+        }
+        match self.lease {
+            WriterLease::Held(token) => Ok(token),
+            _ => Err(LogError::Closed),
+        }
+    }
+
     async fn append(&mut self, batch: Vec<Delta>) -> Result<(), streamlog::LogError> {
         if batch.is_empty() {
             return Ok(());
@@ -325,20 +403,21 @@ impl Writer {
         if records.is_empty() {
             return Ok(());
         }
-        metrics::counter!("unbroken_appends_total").increment(records.len() as u64);
-        self.log
-            .append(self.id, self.token, records)
-            .await
-            .map(|_| ())
+        let token = self.token().await?;
+        self.appends.increment(records.len() as u64);
+        self.log.append(self.id, token, records).await.map(|_| ())
     }
 
     async fn end(&mut self, state: StreamState, record: Option<Record>) -> Outcome {
+        let Ok(token) = self.token().await else {
+            return Outcome::Failed;
+        };
         if let Some(record) = record
-            && let Err(error) = self.log.append(self.id, self.token, vec![record]).await
+            && let Err(error) = self.log.append(self.id, token, vec![record]).await
         {
             tracing::error!(%error, "could not append the final record");
         }
-        if let Err(error) = self.log.finish(self.id, self.token, state).await {
+        if let Err(error) = self.log.finish(self.id, token, state).await {
             tracing::error!(%error, "could not finish the stream");
         }
         match state {

@@ -104,6 +104,28 @@ pub trait StreamLog: Send + Sync + 'static {
     /// [`LogError::AlreadyExists`] if the id is taken; storage errors.
     fn create(&self, new: NewStream) -> LogFuture<'_, StreamMeta>;
 
+    /// Create an open stream whose writer lease `holder` holds from the start for `ttl`:
+    /// [`StreamLog::create`] then [`StreamLog::acquire_lease`], as one operation (one
+    /// commit on sqlite, where each commit is a wait on the writer's next batch). The
+    /// returned metadata shows the lease.
+    ///
+    /// # Errors
+    /// As [`StreamLog::create`].
+    fn create_leased(
+        &self,
+        new: NewStream,
+        holder: String,
+        ttl: Duration,
+    ) -> LogFuture<'_, (StreamMeta, Lease)> {
+        Box::pin(async move {
+            let mut meta = self.create(new).await?;
+            let lease = self.acquire_lease(meta.id, holder, ttl).await?;
+            meta.fence = lease.token;
+            meta.lease = Some(lease.clone());
+            Ok((meta, lease))
+        })
+    }
+
     /// Append a batch of records, atomically, as the writer holding lease `token`.
     /// Resolves once the batch is durable, with the seq of its last record.
     ///

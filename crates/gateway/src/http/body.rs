@@ -7,7 +7,6 @@
 //! reconnect (elsewhere) with their `Last-Event-ID`.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,10 +16,10 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt, stream};
 use streamlog::{RecordStream, StreamId};
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::http::render::Render;
 use crate::live::ReaderGuard;
+use crate::signal::{Raised, Signal};
 
 /// Records rendered per pull at most.
 const MAX_BATCH: usize = 64;
@@ -31,9 +30,13 @@ pub const STREAM_ID_HEADER: &str = "unbroken-stream-id";
 struct Cursor<R> {
     records: RecordStream,
     render: R,
+    /// Ticks every half heartbeat period; a tick sends a heartbeat unless data went out
+    /// since the previous tick, so the connection is never silent for a whole period,
+    /// and sending data costs a flag, not a timer reset per token.
     heartbeat: Interval,
+    sent: bool,
     /// Registered once: polling a fresh `cancelled()` per chunk would lock the token.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown: Raised,
     ended: bool,
     _guard: ReaderGuard,
 }
@@ -45,7 +48,7 @@ pub struct Options {
     /// Heartbeat period.
     pub heartbeat: Duration,
     /// Ends the body on shutdown.
-    pub shutdown: CancellationToken,
+    pub shutdown: Signal,
     /// Bytes sent right after the `retry:` field (e.g. a `connected` event).
     pub prelude: Vec<u8>,
 }
@@ -63,14 +66,16 @@ pub fn response<R: Render>(
     // empty event, which some clients (openai-python) choke on.
     sse::write_retry(&mut prelude, options.retry_ms);
     prelude.extend_from_slice(&options.prelude);
-    let mut heartbeat = tokio::time::interval(options.heartbeat);
+    let mut heartbeat =
+        tokio::time::interval((options.heartbeat / 2).max(Duration::from_millis(1)));
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     heartbeat.reset();
     let cursor = Cursor {
         records,
         render,
         heartbeat,
-        shutdown: Box::pin(options.shutdown.cancelled_owned()),
+        sent: false,
+        shutdown: options.shutdown.raised(),
         ended: false,
         _guard: guard,
     };
@@ -103,27 +108,33 @@ impl<R: Render> Cursor<R> {
             return None;
         }
         let mut out = Vec::new();
-        tokio::select! {
-            biased;
-            () = &mut self.shutdown => {
-                self.ended = true;
-                return None;
-            }
-            item = self.records.next() => {
-                self.take(item, &mut out);
-                let mut batch = 1;
-                while !self.ended && batch < MAX_BATCH && out.len() < 64 * 1024 {
-                    match self.records.next().now_or_never() {
-                        Some(item) => self.take(item, &mut out),
-                        None => break,
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut self.shutdown => {
+                    self.ended = true;
+                    return None;
+                }
+                item = self.records.next() => {
+                    self.take(item, &mut out);
+                    let mut batch = 1;
+                    while !self.ended && batch < MAX_BATCH && out.len() < 64 * 1024 {
+                        match self.records.next().now_or_never() {
+                            Some(item) => self.take(item, &mut out),
+                            None => break,
+                        }
+                        batch += 1;
                     }
-                    batch += 1;
+                    self.sent = true;
+                    return Some(Bytes::from(out));
+                }
+                _ = self.heartbeat.tick() => {
+                    if !std::mem::take(&mut self.sent) {
+                        return Some(Bytes::from_static(b": keep-alive\n"));
+                    }
                 }
             }
-            _ = self.heartbeat.tick() => out.extend_from_slice(b": keep-alive\n"),
         }
-        self.heartbeat.reset();
-        Some(Bytes::from(out))
     }
 
     fn take(

@@ -18,8 +18,8 @@ use futures_util::StreamExt;
 use providers::ChatRequest;
 use serde_json::Value;
 use streamlog::{
-    IdempotencyEntry, IdempotencyOutcome, NewStream, Record, StreamId, StreamKind, StreamMeta,
-    StreamState,
+    FencingToken, IdempotencyEntry, IdempotencyOutcome, NewStream, Record, StreamId, StreamKind,
+    StreamMeta, StreamState,
 };
 use tokio::sync::oneshot;
 
@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::http::body::{self, STREAM_ID_HEADER};
 use crate::http::render::OpenAiChunks;
 use crate::state::AppState;
-use crate::supervisor::{Generation, LEASE_TTL};
+use crate::supervisor::{Creation, Generation, LEASE_TTL, create_in_background};
 
 /// A validated request.
 pub struct ChatCall {
@@ -56,62 +56,81 @@ pub async fn create(
         )
     })?;
     let idempotency_key = idempotency_key(&headers)?;
-    if state.shutdown.is_cancelled() {
+    if state.shutdown.is_raised() {
         return Err(ApiError::unavailable("the gateway is shutting down"));
     }
 
     let id = StreamId::new();
-    let meta = state
-        .log
-        .create(NewStream {
-            id,
-            owner: principal.as_str().to_owned(),
-            kind: StreamKind::Chat,
-            request: body.clone(),
-        })
-        .await?;
-
-    if let Some(key) = idempotency_key {
-        let hash = sha256(&body).to_vec();
-        let entry = IdempotencyEntry {
-            stream: id,
-            request_hash: hash.clone(),
-        };
-        let outcome = state
-            .log
-            .insert_idempotency_key(principal.as_str().to_owned(), key, entry)
-            .await?;
-        if let IdempotencyOutcome::Existing(existing) = outcome {
-            discard(&state, id).await;
-            if existing.request_hash != hash {
-                return Err(ApiError::idempotency_mismatch());
+    let new = NewStream {
+        id,
+        owner: principal.as_str().to_owned(),
+        kind: StreamKind::Chat,
+        request: body.clone(),
+    };
+    let creation: Creation = match idempotency_key {
+        None => create_in_background(
+            &state.tasks,
+            Arc::clone(&state.log),
+            new,
+            state.node.clone(),
+        ),
+        Some(key) => {
+            // The stream exists before its key does, so a repeat always finds it; and the
+            // key is claimed before anything is asked upstream, so a repeat attaches to the
+            // first request's stream instead of paying for the answer twice.
+            let (meta, lease) = state
+                .log
+                .create_leased(new, state.node.clone(), LEASE_TTL)
+                .await?;
+            let hash = sha256(&body).to_vec();
+            let entry = IdempotencyEntry {
+                stream: id,
+                request_hash: hash.clone(),
+            };
+            let outcome = state
+                .log
+                .insert_idempotency_key(principal.as_str().to_owned(), key, entry)
+                .await?;
+            if let IdempotencyOutcome::Existing(existing) = outcome {
+                discard(&state, id, lease.token).await;
+                if existing.request_hash != hash {
+                    return Err(ApiError::idempotency_mismatch());
+                }
+                metrics::counter!("unbroken_idempotent_replays_total").increment(1);
+                let meta = state.log.status(existing.stream).await?;
+                return answer(&state, meta, &call).await;
             }
-            metrics::counter!("unbroken_idempotent_replays_total").increment(1);
-            let meta = state.log.status(existing.stream).await?;
-            return answer(&state, meta, &call).await;
+            Box::pin(std::future::ready(Ok((meta, lease))))
         }
-    }
-
-    start_generation(&state, &principal, meta.id, model, call.request.clone()).await?;
+    };
+    let meta = start_generation(
+        &state,
+        &principal,
+        id,
+        creation,
+        model,
+        call.request.clone(),
+    )
+    .await?;
     answer(&state, meta, &call).await
 }
 
-/// Hand the generation of stream `id` (created, no lease yet) to a supervisor and wait
-/// for its first delta ("peek before commit").
+/// Hand the generation of stream `id`, being created by `creation`, to a supervisor and
+/// wait for its first delta ("peek before commit"). A creation still under way commits
+/// while the upstream is asked, so the log's commit is not added to the time to the
+/// first token.
 ///
 /// # Errors
-/// Why no target could start the answer, as the status a client should see.
+/// Why no target could start the answer, as the status a client should see; a log that
+/// refused to create the stream.
 pub async fn start_generation(
     state: &AppState,
     principal: &Principal,
     id: StreamId,
+    creation: Creation,
     model: Arc<crate::router::Model>,
     request: ChatRequest,
-) -> Result<(), ApiError> {
-    let lease = state
-        .log
-        .acquire_lease(id, state.node.clone(), LEASE_TTL)
-        .await?;
+) -> Result<StreamMeta, ApiError> {
     let live = state.live.insert(id);
     let generation = Generation {
         id,
@@ -119,7 +138,7 @@ pub async fn start_generation(
         model,
         request,
         log: Arc::clone(&state.log),
-        token: lease.token,
+        creation,
         live,
         reader_grace: state.server.reader_grace(),
         hard_stop: state.hard_stop.clone(),
@@ -255,18 +274,8 @@ async fn assemble(
 
 /// A stream created for a request that turned out to repeat an idempotency key: end it
 /// at once (it has no records; retention removes it).
-async fn discard(state: &AppState, id: StreamId) {
-    let ended = async {
-        let lease = state
-            .log
-            .acquire_lease(id, state.node.clone(), LEASE_TTL)
-            .await?;
-        state
-            .log
-            .finish(id, lease.token, StreamState::Cancelled)
-            .await
-    };
-    if let Err(error) = ended.await {
+async fn discard(state: &AppState, id: StreamId, token: FencingToken) {
+    if let Err(error) = state.log.finish(id, token, StreamState::Cancelled).await {
         tracing::warn!(%error, stream = %id, "could not discard a duplicate stream");
     }
 }

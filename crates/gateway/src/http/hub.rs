@@ -84,13 +84,13 @@ async fn topic(
 
 /// Apply `[topics]` retention to every topic this node has served, every
 /// `retention_interval_ms`, until `shutdown`.
-pub async fn retention(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn retention(state: AppState, shutdown: crate::signal::Signal) {
     let every = std::time::Duration::from_millis(state.topics.retention_interval_ms);
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.raised() => return,
             _ = ticker.tick() => retention_pass(&state).await,
         }
     }

@@ -35,7 +35,7 @@ pub async fn health() -> impl IntoResponse {
 
 /// `GET /ready`: the stream log answers.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.shutdown.is_raised() {
         return ApiError::unavailable("shutting down").into_response();
     }
     // A status query of an id that cannot exist exercises the store end to end.

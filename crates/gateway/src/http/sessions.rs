@@ -7,6 +7,8 @@
 //! the session stream itself, so it is as durable as the log and `GET …/events` resumes
 //! across answers with `Last-Event-ID` like any stream.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -28,6 +30,7 @@ use crate::http::streams::last_event_id;
 use crate::relay::Relay;
 use crate::state::AppState;
 use crate::supervisor::LEASE_TTL;
+use crate::supervisor::create_in_background;
 
 fn namespace(principal: &Principal) -> String {
     format!("session:{}", principal.as_str())
@@ -246,18 +249,21 @@ pub async fn message(
         request_json.extend(fields);
         let request: ChatRequest = serde_json::from_value(Value::Object(request_json.clone()))
             .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
-        let answer = StreamId::new();
-        state
-            .log
-            .create(NewStream {
-                id: answer,
-                owner: principal.as_str().to_owned(),
-                kind: StreamKind::Chat,
-                request: Bytes::from(Value::Object(request_json).to_string()),
-            })
-            .await?;
-        start_generation(&state, &principal, answer, model, request).await?;
-        Ok::<_, ApiError>(answer)
+        let new = NewStream {
+            id: StreamId::new(),
+            owner: principal.as_str().to_owned(),
+            kind: StreamKind::Chat,
+            request: Bytes::from(Value::Object(request_json).to_string()),
+        };
+        let id = new.id;
+        let creation = create_in_background(
+            &state.tasks,
+            Arc::clone(&state.log),
+            new,
+            state.node.clone(),
+        );
+        let answer = start_generation(&state, &principal, id, creation, model, request).await?;
+        Ok::<_, ApiError>(answer.id)
     };
     let answer = match started.await {
         Ok(answer) => answer,

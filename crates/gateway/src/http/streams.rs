@@ -139,7 +139,7 @@ pub async fn cancel(
         .into_response());
     }
     if let Some(live) = state.live.get(&meta.id) {
-        live.cancel.cancel();
+        live.cancel.raise();
         return Ok((
             StatusCode::ACCEPTED,
             axum::Json(serde_json::json!({ "id": meta.id.to_string(), "state": "cancelling" })),

@@ -145,10 +145,37 @@ pub(crate) fn load_control(
         "SELECT {CONTROL_COLUMNS} FROM streams WHERE id = ?1"
     ))?;
     let mut rows = stmt.query([id.to_string()])?;
-    match rows.next()? {
-        Some(row) => Ok(Some(control_from_row(row, 0)?)),
-        None => Ok(None),
+    let found = match rows.next()? {
+        Some(row) => control_from_row(row, 0)?,
+        None => return Ok(None),
+    };
+    drop(rows);
+    let (rid, mut control) = found;
+    catch_up(conn, rid, &mut control)?;
+    Ok(Some((rid, control)))
+}
+
+/// Bring an open stream's `last_seq` and `updated_ms` up to its stored records: appends
+/// insert records without rewriting the stream's row (that would cost a second page
+/// per append in every commit), so for an open stream the row's values are only a
+/// lower bound. Every other change (lease, finish, trim) writes the whole row.
+fn catch_up(conn: &Connection, rid: i64, control: &mut Control) -> Result<(), LogError> {
+    if control.state.is_terminal() {
+        return Ok(());
     }
+    let last: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT seq, appended_ms FROM records WHERE rid = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((seq, appended)) = last
+        && to_u64(seq) > control.last_seq
+    {
+        control.last_seq = to_u64(seq);
+        control.updated_ms = control.updated_ms.max(to_u64(appended));
+    }
+    Ok(())
 }
 
 /// Load a stream's full metadata.
@@ -168,7 +195,8 @@ pub(crate) fn load_meta(conn: &Connection, id: StreamId) -> Result<StreamMeta, L
     let Some((owner, kind, request, created, control)) = found else {
         return Err(LogError::NotFound(id));
     };
-    let (_, control) = control?;
+    let (rid, mut control) = control?;
+    catch_up(conn, rid, &mut control)?;
     Ok(StreamMeta {
         id,
         owner,

@@ -8,7 +8,9 @@
 //! hot tails, publish the new heads to readers, and answer the callers — so an
 //! acknowledged append, and anything a reader sees, is committed. The thread keeps the
 //! control state (seq, lease, fence) of the streams it touched in memory, so an append
-//! costs its `INSERT`s and, per batch, one `UPDATE` per stream it touched. A trim is a
+//! costs only its `INSERT`s: a stream's row is rewritten (once per batch) when its lease,
+//! state or first seq changes, and an open stream's `last_seq` is read back from its
+//! records when loaded (`schema::catch_up`). A trim is a
 //! range `DELETE` in the same transaction, so it orders with the appends around it; the
 //! hot tail drops the trimmed records after the commit.
 
@@ -43,6 +45,12 @@ pub(crate) struct Command {
 /// The operations the writer performs.
 pub(crate) enum Op {
     Create(NewStream, Reply<StreamMeta>),
+    CreateLeased {
+        new: NewStream,
+        holder: String,
+        ttl_ms: u64,
+        reply: Reply<(StreamMeta, Lease)>,
+    },
     Append {
         id: StreamId,
         token: FencingToken,
@@ -108,6 +116,10 @@ pub(crate) struct WriterSettings {
 /// The outcome of one command, waiting for the commit.
 enum Done {
     Create(Reply<StreamMeta>, Result<(i64, StreamMeta), LogError>),
+    CreateLeased(
+        Reply<(StreamMeta, Lease)>,
+        Result<(i64, StreamMeta, Lease), LogError>,
+    ),
     Append(Reply<Seq>, Result<(StreamId, Seq, Vec<Record>), LogError>),
     Finish(Reply<()>, Result<(StreamId, Seq), LogError>),
     Lease(Reply<Lease>, Result<Lease, LogError>),
@@ -284,13 +296,24 @@ impl Writer {
         id: StreamId,
         f: impl FnOnce(&mut Control) -> Result<T, LogError>,
     ) -> Result<Result<T, LogError>, LogError> {
+        self.change_row(id, true, f)
+    }
+
+    /// As [`Writer::change`]; `store` says whether the stream's row must be rewritten
+    /// (an append's does not: see `schema::catch_up`).
+    fn change_row<T>(
+        &mut self,
+        id: StreamId,
+        store: bool,
+        f: impl FnOnce(&mut Control) -> Result<T, LogError>,
+    ) -> Result<Result<T, LogError>, LogError> {
         let c = match cached(&mut self.cache, &self.conn, id) {
             Ok(c) => c,
             Err(e @ LogError::NotFound(_)) => return Ok(Err(e)),
             Err(e) => return Err(e),
         };
         let out = f(&mut c.control);
-        if out.is_ok() && !c.dirty {
+        if store && out.is_ok() && !c.dirty {
             c.dirty = true;
             self.dirty.push(id);
         }
@@ -303,6 +326,25 @@ impl Writer {
                 let r = self.create(new, now)?;
                 Done::Create(reply, r)
             }
+            Op::CreateLeased {
+                new,
+                holder,
+                ttl_ms,
+                reply,
+            } => {
+                let r = match self.create(new, now)? {
+                    Ok((rid, mut meta)) => self
+                        .change(meta.id, |c| c.acquire(meta.id, holder, ttl_ms, now))?
+                        .map(|lease| {
+                            meta.fence = lease.token;
+                            meta.updated_ms = now;
+                            meta.lease = Some(lease.clone());
+                            (rid, meta, lease)
+                        }),
+                    Err(e) => Err(e),
+                };
+                Done::CreateLeased(reply, r)
+            }
             Op::Append {
                 id,
                 token,
@@ -310,7 +352,7 @@ impl Writer {
                 bodies,
                 reply,
             } => {
-                let r = self.change(id, |c| c.append(id, token, records.len(), now))?;
+                let r = self.change_row(id, false, |c| c.append(id, token, records.len(), now))?;
                 let r = match r {
                     Ok(first) => {
                         let rid = cached(&mut self.cache, &self.conn, id)?.rid;
@@ -555,6 +597,13 @@ impl Writer {
                 });
                 let _ = reply.send(r);
             }
+            Done::CreateLeased(reply, r) => {
+                let r = r.map(|(rid, meta, lease)| {
+                    self.hot_entry(meta.id, rid);
+                    (meta, lease)
+                });
+                let _ = reply.send(r);
+            }
             Done::Append(reply, r) => {
                 let r = r.map(|(id, first, records)| {
                     let last = first + records.len() as u64 - 1;
@@ -719,6 +768,7 @@ fn fail(done: Done, e: &LogError) {
     }
     match done {
         Done::Create(reply, r) => answer(reply, r, e),
+        Done::CreateLeased(reply, r) => answer(reply, r, e),
         Done::Append(reply, r) => answer(reply, r, e),
         Done::Finish(reply, r) => answer(reply, r, e),
         Done::Lease(reply, r) => answer(reply, r, e),

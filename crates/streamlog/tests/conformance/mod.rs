@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
             handover_under_concurrent_appends,
             finish_and_cancel_end_readers,
             leases_fencing_and_expiry,
+            create_leased_is_create_then_acquire,
             idempotency_keys,
             retention,
             trim_by_count_and_position,
@@ -227,6 +228,56 @@ pub async fn finish_and_cancel_end_readers<B: Backend>(backend: B) {
     assert!(matches!(err, LogError::InvalidArgument(_)), "{err:?}");
     let err = log.append(id, token, Vec::new()).await.unwrap_err();
     assert!(matches!(err, LogError::InvalidArgument(_)), "{err:?}");
+}
+
+/// `create_leased` creates the stream with its lease in one step: the holder can write at
+/// once, nobody else can acquire, the status shows it, and an id taken is refused.
+pub async fn create_leased_is_create_then_acquire(backend: impl Backend) {
+    let log = backend.open();
+    let clock = backend.clock();
+    let id = StreamId::new();
+    let new = NewStream {
+        id,
+        owner: "alice".into(),
+        kind: StreamKind::Chat,
+        request: Bytes::from_static(br#"{"model":"m"}"#),
+    };
+    let (meta, lease) = log
+        .create_leased(new.clone(), "w".into(), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        (meta.id, meta.state, meta.last_seq),
+        (id, StreamState::Open, 0)
+    );
+    assert_eq!(lease.holder, "w");
+    assert_eq!(lease.expires_at_ms, clock_now(clock) + 10_000);
+    assert_eq!(meta.lease.as_ref(), Some(&lease));
+    assert_eq!(meta.fence, lease.token);
+    let err = log.acquire_lease(id, "x".into(), LEASE).await.unwrap_err();
+    assert!(
+        matches!(err, LogError::LeaseHeld { ref holder, .. } if holder == "w"),
+        "{err:?}"
+    );
+    assert_eq!(
+        log.append(id, lease.token, vec![text(0, 1)]).await.unwrap(),
+        1
+    );
+    let status = log.status(id).await.unwrap();
+    assert_eq!(status.lease.as_ref().map(|l| l.token), Some(lease.token));
+    assert_eq!(status.owner, "alice");
+    let err = log.create_leased(new, "y".into(), LEASE).await.unwrap_err();
+    assert!(
+        matches!(err, LogError::AlreadyExists(taken) if taken == id),
+        "{err:?}"
+    );
+    log.finish(id, lease.token, StreamState::Finished)
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(log.read(id, 0).await.unwrap()).await,
+        vec![(1, text(0, 1))]
+    );
 }
 
 pub async fn leases_fencing_and_expiry<B: Backend>(backend: B) {
