@@ -9,12 +9,14 @@
 //! a real HTTP status instead of a 200 with an error inside.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use futures_util::stream;
+use futures_util::{Stream, StreamExt};
 use providers::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -209,8 +211,11 @@ impl Model {
                 Ok((first, rest)) => {
                     metrics::histogram!("unbroken_upstream_ttft_seconds", "model" => self.name.clone())
                         .record(began.elapsed().as_secs_f64());
-                    let rest = between_tokens(rest, target.limits.between_token_timeout);
-                    return Ok(stream::iter([Ok(first)]).chain(rest).boxed());
+                    return Ok(between_tokens(
+                        first,
+                        rest,
+                        target.limits.between_token_timeout,
+                    ));
                 }
                 Err(error) if error.is_retryable() && attempt < target.limits.max_retries => {
                     attempt += 1;
@@ -239,17 +244,62 @@ async fn first_delta(
     }
 }
 
-/// Fail the stream when the next delta takes longer than `limit`.
-fn between_tokens(deltas: DeltaStream, limit: Duration) -> DeltaStream {
-    stream::unfold(Some(deltas), move |deltas| async move {
-        let mut deltas = deltas?;
-        match tokio::time::timeout(limit, deltas.next()).await {
-            Ok(Some(item)) => Some((item, Some(deltas))),
-            Ok(None) => None,
-            Err(_) => Some((Err(ProviderError::Timeout("between tokens")), None)),
-        }
+/// `first`, then the rest of `deltas`, failing when the next delta takes longer than
+/// `limit`.
+fn between_tokens(first: Delta, deltas: DeltaStream, limit: Duration) -> DeltaStream {
+    Box::pin(BetweenTokens {
+        first: Some(first),
+        deltas: Some(deltas),
+        limit,
+        deadline: tokio::time::Instant::now() + limit,
+        timer: Box::pin(tokio::time::sleep(limit)),
     })
-    .boxed()
+}
+
+/// The between-token timeout with one timer per stream: a delta moves the deadline (a
+/// clock read), and the timer is re-armed only when it fires early — at most once per
+/// `limit` — rather than a timer registered and removed for every token.
+struct BetweenTokens {
+    /// The delta that started the answer, until it is taken.
+    first: Option<Delta>,
+    /// `None` once ended.
+    deltas: Option<DeltaStream>,
+    limit: Duration,
+    deadline: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stream for BetweenTokens {
+    type Item = Result<Delta, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        let Some(deltas) = self.deltas.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match deltas.poll_next_unpin(cx) {
+            Poll::Ready(Some(item)) => {
+                self.deadline = tokio::time::Instant::now() + self.limit;
+                return Poll::Ready(Some(item));
+            }
+            Poll::Ready(None) => {
+                self.deltas = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.deadline;
+            if tokio::time::Instant::now() >= deadline {
+                self.deltas = None;
+                return Poll::Ready(Some(Err(ProviderError::Timeout("between tokens"))));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
 }
 
 /// Full-jitter exponential backoff (factor 2, capped at 5 s), at least `Retry-After`.

@@ -113,6 +113,53 @@ async fn a_mid_answer_cut_with_no_continuation_ends_in_an_error_event() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_stalls_between_tokens_times_out_into_an_error_event() {
+    // The second token would come a minute after the first; the limit is 100 ms.
+    let stalled = Upstream::start(SimulatorConfig {
+        tokens: 3,
+        interval_ms: 60_000,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&stalled, ", between_token_timeout_ms = 100")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await);
+    let id = events.stream_id();
+    let events = events.rest().await;
+    assert_eq!(text_of(&events).split_whitespace().count(), 1);
+    let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout");
+    assert!(events.iter().all(|e| e.data != "[DONE]"));
+    gateway.settle().await;
+    assert_eq!(gateway.status(&id).await["state"], "failed");
+    assert_eq!(gateway.permits("m", 0), 64);
+}
+
+#[tokio::test]
+async fn the_between_token_limit_counts_from_the_last_token_not_the_first() {
+    // 6 tokens 40 ms apart take 200 ms, twice the limit; no single gap comes near it.
+    let steady = Upstream::start(SimulatorConfig {
+        tokens: 6,
+        interval_ms: 40,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&steady, ", between_token_timeout_ms = 100")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await)
+        .rest()
+        .await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(text_of(&events).split_whitespace().count(), 6);
+}
+
+#[tokio::test]
 async fn a_mid_answer_cut_is_continued_on_a_prefill_target_as_one_answer() {
     let config = SimulatorConfig {
         tokens: 30,

@@ -175,6 +175,49 @@ async fn an_idempotency_key_attaches_instead_of_asking_again() {
 }
 
 #[tokio::test]
+async fn a_client_gone_before_the_first_token_does_not_stop_the_answer() {
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 5,
+        ttft_ms: 300,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"up\"\ntargets = [{{ provider = \"openai\", base_url = \"{}\" }}]\n",
+        upstream.url
+    ))
+    .await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let body = chat_body("up", true);
+    // The client gives up long before the upstream's first token.
+    let gave_up = http()
+        .post(&url)
+        .header("idempotency-key", "early")
+        .timeout(std::time::Duration::from_millis(50))
+        .json(&body)
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let again = http()
+        .post(&url)
+        .header("idempotency-key", "early")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    // Without the hand-off the stream would stay open with no writer: bound the wait.
+    let events = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        Events::new(again).rest(),
+    )
+    .await
+    .expect("the answer was abandoned with its first client");
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(text_of(&events).split_whitespace().count(), 5);
+    assert_eq!(upstream.requests(), 1, "the upstream was asked once");
+}
+
+#[tokio::test]
 async fn cancel_stops_the_writer_and_the_reader_sees_why() {
     let gateway = Gateway::start(common::SLOW).await;
     let mut events = Events::new(gateway.chat(&chat_body("slow", true)).await);

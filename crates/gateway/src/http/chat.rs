@@ -143,17 +143,60 @@ pub async fn start_generation(
         reader_grace: state.server.reader_grace(),
         hard_stop: state.hard_stop.clone(),
     };
-    let (started_tx, started_rx) = oneshot::channel();
+    let (started_tx, mut started_rx) = oneshot::channel();
     // The caller's reader counts from now, so the grace cannot expire under it.
     let _guard = state.live.attach(&id);
     let registry = Arc::clone(&state.live);
-    state.tasks.spawn(async move {
-        generation.run(started_tx).await;
-        registry.remove(&id);
-    });
-    match started_rx.await {
+    let mut generation = Handoff {
+        run: Some(Box::pin(async move {
+            generation.run(started_tx).await;
+            registry.remove(&id);
+        })),
+        tasks: state.tasks.clone(),
+        _tracked: state.tasks.token(),
+    };
+    let started = tokio::select! {
+        biased;
+        () = generation.here() => started_rx.await,
+        started = &mut started_rx => started,
+    };
+    drop(generation);
+    match started {
         Ok(result) => result,
         Err(_) => Err(ApiError::unavailable("the answer could not be started")),
+    }
+}
+
+/// A generation driven by the request's own task until its first delta — so the
+/// upstream is asked at once, not after a new task is scheduled, and the first delta
+/// reaches the response without a wake-up of another task (each such hop is a wait in
+/// a run queue under load) — and by a task of its own from then on. The hand-off
+/// happens on drop, so a request dropped while waiting (its client gone) leaves the
+/// generation running detached, as every generation is. Until then the tracker counts
+/// it, so a shutdown waits for it.
+struct Handoff {
+    run: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    tasks: tokio_util::task::TaskTracker,
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl Handoff {
+    /// Drive the generation on this task; resolves if it runs to its end here.
+    async fn here(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            run.await;
+            self.run = None;
+        }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            self.tasks.spawn(run);
+        }
     }
 }
 
