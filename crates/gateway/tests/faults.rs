@@ -139,6 +139,32 @@ async fn an_upstream_that_stalls_between_tokens_times_out_into_an_error_event() 
 }
 
 #[tokio::test]
+async fn a_failure_after_the_headers_went_out_is_an_error_event() {
+    // No first token within a heartbeat period: the response is committed, so the
+    // upstream's failure can only be told in the stream.
+    let late = Upstream::start(SimulatorConfig {
+        ttft_ms: 300,
+        fail_after: Some(0),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[server]\nheartbeat_interval_ms = 50\n[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&late, ", max_retries = 0")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await);
+    let id = events.stream_id();
+    let events = events.rest().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_interrupted");
+    gateway.settle().await;
+    assert_eq!(gateway.status(&id).await["state"], "failed");
+    assert_eq!(gateway.permits("m", 0), 64);
+}
+
+#[tokio::test]
 async fn the_between_token_limit_counts_from_the_last_token_not_the_first() {
     // 6 tokens 40 ms apart take 200 ms, twice the limit; no single gap comes near it.
     let steady = Upstream::start(SimulatorConfig {

@@ -304,3 +304,25 @@ async fn heartbeats_flow_while_tokens_are_slow() {
     assert!(body.contains(": keep-alive\n"), "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"));
 }
+
+#[tokio::test]
+async fn a_slow_first_token_gets_headers_and_heartbeats_first() {
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 3,
+        ttft_ms: 400,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[server]\nheartbeat_interval_ms = 50\n[[models]]\nname = \"up\"\ntargets = [{{ provider = \"openai\", base_url = \"{}\" }}]\n",
+        upstream.url
+    ))
+    .await;
+    let response = gateway.chat(&chat_body("up", true)).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    let heartbeat = body.find(": keep-alive\n").expect("a heartbeat");
+    let first_event = body.find("data: ").expect("events");
+    assert!(heartbeat < first_event, "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+}

@@ -103,22 +103,38 @@ pub async fn create(
             Box::pin(std::future::ready(Ok((meta, lease))))
         }
     };
-    let meta = start_generation(
-        &state,
-        &principal,
+    // A stream's headers go out at its first token, or once a heartbeat period passed
+    // without one (a slow first token, a queue): then heartbeats keep load balancers from
+    // cutting the silent connection, and a later failure arrives as an error event.
+    let commit_after = call.stream.then(|| state.server.heartbeat_interval());
+    let generation = Start {
         id,
         creation,
         model,
-        call.request.clone(),
-    )
-    .await?;
+        request: call.request.clone(),
+    };
+    let meta = start_generation(&state, &principal, generation, commit_after).await?;
     answer(&state, meta, &call).await
 }
 
-/// Hand the generation of stream `id`, being created by `creation`, to a supervisor and
-/// wait for its first delta ("peek before commit"). A creation still under way commits
-/// while the upstream is asked, so the log's commit is not added to the time to the
-/// first token.
+/// A generation about to start: stream `id` (being created by `creation`) answered by
+/// `model`.
+pub struct Start {
+    /// The stream.
+    pub id: StreamId,
+    /// Its creation, under way or done.
+    pub creation: Creation,
+    /// The model serving it.
+    pub model: Arc<crate::router::Model>,
+    /// The request, as adapters receive it.
+    pub request: ChatRequest,
+}
+
+/// Start a generation and wait for its first delta ("peek before commit": a failure
+/// before it is the status the caller answers), or at most `commit_after`: then the
+/// stream is returned as it is, still waiting, and a failure will be its last record.
+/// A creation still under way commits while the upstream is asked, so the log's commit
+/// is not added to the time to the first token.
 ///
 /// # Errors
 /// Why no target could start the answer, as the status a client should see; a log that
@@ -126,11 +142,15 @@ pub async fn create(
 pub async fn start_generation(
     state: &AppState,
     principal: &Principal,
-    id: StreamId,
-    creation: Creation,
-    model: Arc<crate::router::Model>,
-    request: ChatRequest,
+    start: Start,
+    commit_after: Option<std::time::Duration>,
 ) -> Result<StreamMeta, ApiError> {
+    let Start {
+        id,
+        creation,
+        model,
+        request,
+    } = start;
     let live = state.live.insert(id);
     let generation = Generation {
         id,
@@ -155,12 +175,28 @@ pub async fn start_generation(
         tasks: state.tasks.clone(),
         _tracked: state.tasks.token(),
     };
+    let deadline = async {
+        match commit_after {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
     let started = tokio::select! {
         biased;
-        () = generation.here() => started_rx.await,
-        started = &mut started_rx => started,
+        () = generation.here() => Some((&mut started_rx).await),
+        started = &mut started_rx => Some(started),
+        () = deadline => None,
     };
     drop(generation);
+    let started = match started {
+        Some(started) => started,
+        // The first delta is slow: answer with the stream now, once it exists (its
+        // creation is one commit, long done unless the log is failing).
+        None => match state.log.status(id).await {
+            Ok(meta) => return Ok(meta),
+            Err(_) => started_rx.await,
+        },
+    };
     match started {
         Ok(result) => result,
         Err(_) => Err(ApiError::unavailable("the answer could not be started")),

@@ -23,7 +23,7 @@ use streamlog::{LogError, NewStream, Record, Seq, StreamId, StreamKind, StreamMe
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::body;
-use crate::http::chat::{body_error, start_generation};
+use crate::http::chat::{Start, body_error, start_generation};
 use crate::http::named;
 use crate::http::render::Events;
 use crate::http::streams::last_event_id;
@@ -262,7 +262,13 @@ pub async fn message(
             new,
             state.node.clone(),
         );
-        let answer = start_generation(&state, &principal, id, creation, model, request).await?;
+        let start = Start {
+            id,
+            creation,
+            model,
+            request,
+        };
+        let answer = start_generation(&state, &principal, start, None).await?;
         Ok::<_, ApiError>(answer.id)
     };
     let answer = match started.await {
