@@ -48,7 +48,18 @@ async fn a_streamed_answer_is_chunks_with_ids_then_done() {
 
 #[tokio::test]
 async fn resume_after_a_cut_gives_exactly_the_rest() {
-    let gateway = Gateway::start(SIM).await;
+    resume_gives_exactly_the_rest(Gateway::start(SIM).await).await;
+}
+
+#[tokio::test]
+async fn resume_after_a_cut_gives_exactly_the_rest_on_sqlite() {
+    // The default store: creation overlapped with the upstream request, group-committed
+    // appends, readers fed only committed records — the answer is still whole, once.
+    let dir = tempfile::tempdir().unwrap();
+    resume_gives_exactly_the_rest(Gateway::start_sqlite(dir.path(), SIM).await).await;
+}
+
+async fn resume_gives_exactly_the_rest(gateway: Gateway) {
     let whole = Events::new(gateway.chat(&chat_body("sim", true)).await)
         .rest()
         .await;

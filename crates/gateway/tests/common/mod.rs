@@ -28,6 +28,18 @@ impl Gateway {
         Gateway::start_with(&config, AppState::new(&config, log).unwrap()).await
     }
 
+    /// Start on 127.0.0.1:0 with `toml` and a SQLite store in `dir`.
+    pub async fn start_sqlite(dir: &std::path::Path, toml: &str) -> Gateway {
+        let path = dir.join("unbroken.db");
+        let text = format!(
+            "[store]\nkind = \"sqlite\"\npath = {:?}\n{toml}",
+            path.display().to_string()
+        );
+        let config = parse(&text);
+        let log = gateway::open_log(&config.store).unwrap();
+        Gateway::start_with(&config, AppState::new(&config, log).unwrap()).await
+    }
+
     /// Start with a prepared state.
     pub async fn start_with(_config: &Config, state: AppState) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
