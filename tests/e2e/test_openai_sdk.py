@@ -2,7 +2,7 @@
 
 The gateway's address comes from UNBROKEN_URL (e.g. http://127.0.0.1:8080), started by
 scripts/e2e with tests/e2e/sim.toml: `sim` answers 24 tokens quickly, `sim-slow` 200
-tokens 10 ms apart.
+tokens 10 ms apart, `sim-late` 12 tokens after 2.5 s.
 """
 
 import asyncio
@@ -61,6 +61,21 @@ class Streaming(unittest.TestCase):
         self.assertTrue(ids.pop().startswith("chatcmpl-"))
         self.assertTrue(all(ch.object == "chat.completion.chunk" for ch in chunks))
         self.assertTrue(all(ch.model == "sim" for ch in chunks))
+
+    def test_a_first_token_later_than_a_heartbeat_period_follows_heartbeats(self):
+        # The gateway commits the response after one heartbeat period (1 s here) without a
+        # token, so load balancers see bytes; the SDK must read the answer all the same.
+        with client() as c:
+            chunks = list(c.chat.completions.create(model="sim-late", messages=MESSAGES, stream=True))
+        self.assertEqual(len(text_of(chunks).split()), 12)
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "stop")
+        body = {"model": "sim-late", "messages": MESSAGES, "stream": True}
+        with httpx.Client(timeout=30) as h:
+            with h.stream("POST", f"{URL}/v1/chat/completions", json=body) as r:
+                self.assertEqual(r.status_code, 200)
+                lines = [line for line in r.iter_lines() if line]
+        first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
+        self.assertIn(": keep-alive", lines[:first_data])
 
     def test_non_streaming_returns_the_message_and_usage(self):
         with client() as c:
@@ -121,7 +136,7 @@ class Models(unittest.TestCase):
     def test_models_list_names_the_configured_models(self):
         with client() as c:
             models = c.models.list()
-        self.assertEqual({m.id for m in models}, {"sim", "sim-slow"})
+        self.assertEqual({m.id for m in models}, {"sim", "sim-slow", "sim-late"})
         self.assertTrue(all(m.object == "model" for m in models))
 
 
