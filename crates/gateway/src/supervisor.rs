@@ -117,7 +117,7 @@ impl Generation {
             tokio::time::interval((self.reader_grace / 4).max(Duration::from_millis(5)));
         grace.reset();
 
-        // Registered once each: a fresh `cancelled()` per delta would lock the tokens.
+        // Registered once each, polled per delta (a `Signal` poll is one atomic load).
         let mut hard_stop = std::pin::pin!(self.hard_stop.raised());
         let mut cancelled = std::pin::pin!(self.live.cancel.raised());
         let mut next_target = 0;
