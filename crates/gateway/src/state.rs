@@ -17,6 +17,7 @@ use crate::http::body::Options;
 use crate::live::LiveStreams;
 use crate::router::{Limits, Model, Models, Target};
 use crate::signal::Signal;
+use crate::supervisor::{Creation, LEASE_TTL};
 
 /// Builds the provider of a `provider = "local"` target (given the target and its key
 /// path for error messages).
@@ -137,6 +138,21 @@ impl AppState {
             topics: config.topics.clone(),
             known_topics: std::sync::Mutex::default(),
         }))
+    }
+
+    /// Create `new` with this node's writer lease on a task of the tracker — so it
+    /// completes even if nobody waits for it, and no stream is left half made — and
+    /// return the wait for it.
+    pub fn create_in_background(&self, new: streamlog::NewStream) -> Creation {
+        let log = Arc::clone(&self.log);
+        let holder = self.node.clone();
+        let task = self
+            .tasks
+            .spawn(async move { log.create_leased(new, holder, LEASE_TTL).await });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(streamlog::LogError::Storage(e.to_string().into())))
+        })
     }
 
     /// Options of an SSE response.

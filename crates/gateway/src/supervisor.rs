@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use providers::{ChatRequest, Delta, DeltaStream, ProviderError};
 use streamlog::{
-    FencingToken, Lease, LogError, NewStream, Record, StreamId, StreamLog, StreamMeta, StreamState,
+    FencingToken, Lease, LogError, Record, StreamId, StreamLog, StreamMeta, StreamState,
 };
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -56,25 +56,10 @@ pub struct Generation {
     pub hard_stop: Signal,
 }
 
-/// The stream being created with the writer's lease (see [`create_in_background`]), or
-/// already created.
+/// The stream being created with the writer's lease (see
+/// [`crate::AppState::create_in_background`]), or already created.
 pub type Creation =
     std::pin::Pin<Box<dyn Future<Output = Result<(StreamMeta, Lease), LogError>> + Send>>;
-
-/// Create `new` with a writer lease for `holder` on a task of `tasks` — so it completes
-/// even if nobody waits for it, and no stream is left half made — and return the wait for it.
-pub fn create_in_background(
-    tasks: &tokio_util::task::TaskTracker,
-    log: Arc<dyn StreamLog>,
-    new: NewStream,
-    holder: String,
-) -> Creation {
-    let task = tasks.spawn(async move { log.create_leased(new, holder, LEASE_TTL).await });
-    Box::pin(async move {
-        task.await
-            .unwrap_or_else(|e| Err(LogError::Storage(e.to_string().into())))
-    })
-}
 
 /// How a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

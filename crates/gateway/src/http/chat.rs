@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::http::body::{self, STREAM_ID_HEADER};
 use crate::http::render::OpenAiChunks;
 use crate::state::AppState;
-use crate::supervisor::{Creation, Generation, LEASE_TTL, create_in_background};
+use crate::supervisor::{Creation, Generation, LEASE_TTL};
 
 /// A validated request.
 pub struct ChatCall {
@@ -68,12 +68,7 @@ pub async fn create(
         request: body.clone(),
     };
     let creation: Creation = match idempotency_key {
-        None => create_in_background(
-            &state.tasks,
-            Arc::clone(&state.log),
-            new,
-            state.node.clone(),
-        ),
+        None => state.create_in_background(new),
         Some(key) => {
             // The stream exists before its key does, so a repeat always finds it; and the
             // key is claimed before anything is asked upstream, so a repeat attaches to the

@@ -7,8 +7,6 @@
 //! the session stream itself, so it is as durable as the log and `GET …/events` resumes
 //! across answers with `Last-Event-ID` like any stream.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -30,7 +28,6 @@ use crate::http::streams::last_event_id;
 use crate::relay::Relay;
 use crate::state::AppState;
 use crate::supervisor::LEASE_TTL;
-use crate::supervisor::create_in_background;
 
 fn namespace(principal: &Principal) -> String {
     format!("session:{}", principal.as_str())
@@ -256,12 +253,7 @@ pub async fn message(
             request: Bytes::from(Value::Object(request_json).to_string()),
         };
         let id = new.id;
-        let creation = create_in_background(
-            &state.tasks,
-            Arc::clone(&state.log),
-            new,
-            state.node.clone(),
-        );
+        let creation = state.create_in_background(new);
         let start = Start {
             id,
             creation,
