@@ -64,6 +64,11 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write every measured request to this file as CSV: when it was sent
+    /// (milliseconds from the start of the measurement) and its TTFT in milliseconds, to
+    /// see whether slow first tokens cluster in time.
+    #[arg(long, value_name = "FILE")]
+    samples: Option<std::path::PathBuf>,
 }
 
 /// When workers stop starting new requests.
@@ -78,6 +83,8 @@ enum Budget {
 struct Samples {
     /// Microseconds from sending the request to the first content token.
     ttft_us: Vec<u64>,
+    /// When each request of `ttft_us` was sent, in the same order.
+    sent_at: Vec<Instant>,
     /// Microseconds between consecutive content tokens of a stream.
     gap_us: Vec<u64>,
     /// Microseconds from sending the request to the end of a complete answer.
@@ -92,8 +99,20 @@ impl Samples {
         *self.errors.entry(kind.into()).or_default() += 1;
     }
 
+    /// One CSV line per measured request: when it was sent, in milliseconds after `begin`,
+    /// and its TTFT in milliseconds, in the order the requests were measured.
+    fn csv(&self, begin: Instant) -> String {
+        let mut csv = String::from("sent_ms,ttft_ms\n");
+        for (sent, ttft) in self.sent_at.iter().zip(&self.ttft_us) {
+            let sent = sent.saturating_duration_since(begin).as_secs_f64() * 1000.0;
+            let _ = writeln!(csv, "{sent:.3},{:.3}", *ttft as f64 / 1000.0);
+        }
+        csv
+    }
+
     fn merge(&mut self, other: Samples) {
         self.ttft_us.extend(other.ttft_us);
+        self.sent_at.extend(other.sent_at);
         self.gap_us.extend(other.gap_us);
         self.total_us.extend(other.total_us);
         self.tokens += other.tokens;
@@ -195,6 +214,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         all.merge(done.context("a bench worker panicked")?);
     }
     let elapsed = begin.elapsed();
+    if let Some(path) = &args.samples {
+        std::fs::write(path, all.csv(begin))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
 
     let report = Report::new(&args, all, elapsed);
     if args.json {
@@ -307,6 +330,7 @@ async fn one_stream(target: &Target, samples: &mut Samples) {
                     None => {
                         first = Some(now);
                         samples.ttft_us.push(micros(now - sent));
+                        samples.sent_at.push(sent);
                     }
                     Some(_) => samples.gap_us.push(micros(now - last)),
                 }
@@ -503,6 +527,20 @@ mod tests {
         assert!(!has_content(
             r#"{"choices":[],"usage":{"completion_tokens":3}}"#
         ));
+    }
+
+    #[test]
+    fn samples_csv_has_one_line_per_first_token() {
+        let begin = Instant::now();
+        let samples = Samples {
+            ttft_us: vec![1500, 250],
+            sent_at: vec![begin + Duration::from_micros(2000), begin],
+            ..Samples::default()
+        };
+        assert_eq!(
+            samples.csv(begin),
+            "sent_ms,ttft_ms\n2.000,1.500\n0.000,0.250\n"
+        );
     }
 
     #[test]
