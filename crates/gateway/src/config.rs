@@ -227,10 +227,12 @@ pub struct TargetConfig {
     /// Requests in flight at once; more wait in a FIFO queue. Default 64, and one per
     /// core for `local`.
     pub max_concurrency: Option<usize>,
-    /// How long a request may wait in the queue (then 429). Default 30 s.
+    /// How long a request may wait in the queue (then 429). Default 10 s: shorter than the
+    /// default heartbeat interval, so a streaming client still gets a real 429 rather than
+    /// an error event after its headers went out.
     #[serde(default = "defaults::queue_timeout_ms")]
     pub queue_timeout_ms: u64,
-    /// Time allowed to connect and get response headers. Default 10 s.
+    /// Time allowed to open the connection (TCP and TLS). Default 10 s.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Time allowed from the request to the first token. Default 60 s.
@@ -288,7 +290,7 @@ pub struct TargetConfig {
 
 mod defaults {
     pub fn queue_timeout_ms() -> u64 {
-        30_000
+        10_000
     }
     pub fn connect_timeout_ms() -> u64 {
         10_000

@@ -1,6 +1,8 @@
 //! [`ApiError`]: every error a client sees, rendered in OpenAI's shape
 //! `{"error":{"message","type","code"}}` with the right status. Messages are ours: no
-//! internal error text or upstream body reaches a client.
+//! internal error text or upstream body reaches a client — except the explanation of an
+//! upstream that refused the request itself ([`providers::ProviderError::Rejected`]),
+//! which is about the client's request.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,8 +14,9 @@ pub struct ApiError {
     pub status: StatusCode,
     /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, …
     pub kind: &'static str,
-    /// A stable code, e.g. `model_not_found`.
-    pub code: &'static str,
+    /// A stable code, e.g. `model_not_found` (or an upstream's own, e.g.
+    /// `context_length_exceeded`).
+    pub code: std::borrow::Cow<'static, str>,
     /// A sentence for people.
     pub message: String,
     /// Seconds for a `Retry-After` header.
@@ -21,11 +24,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        message: String,
+    ) -> Self {
         Self {
             status,
             kind,
-            code,
+            code: code.into(),
             message,
             retry_after: None,
         }
@@ -48,6 +56,26 @@ impl ApiError {
             "authentication_error",
             "invalid_api_key",
             "a valid API key is required: Authorization: Bearer <key>".into(),
+        )
+    }
+
+    /// 415: a body that does not say it is JSON.
+    pub fn not_json() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "the body must be JSON, sent with Content-Type: application/json".into(),
+        )
+    }
+
+    /// 405: the path exists, the method does not.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "this endpoint does not answer that HTTP method".into(),
         )
     }
 
@@ -130,14 +158,14 @@ impl ApiError {
         let status = StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::BAD_GATEWAY);
         let kind = if status == StatusCode::TOO_MANY_REQUESTS {
             "rate_limit_error"
-        } else if status == StatusCode::BAD_REQUEST {
+        } else if status.is_client_error() {
             "invalid_request_error"
         } else {
             "upstream_error"
         };
         Self {
             retry_after: error.retry_after().map(|d| d.as_secs().max(1)),
-            ..Self::new(status, kind, error.code(), error.to_string())
+            ..Self::new(status, kind, error.code().to_owned(), error.to_string())
         }
     }
 

@@ -4,7 +4,9 @@
 //! permit is RAII and travels with the generation, so no path can leak a slot), a queue
 //! timeout (429 with `Retry-After` when every target's queue timed out), retries with
 //! exponential backoff and full jitter on retryable failures before the first token
-//! (honouring `Retry-After`), then the next target. "Peek before commit": a start
+//! (honouring a `Retry-After` of up to [`LONGEST_RETRY_WAIT`]; an upstream that asks for
+//! a longer wait is not waited for), then the next target. An upstream that refuses the
+//! request itself (400, 413, 422) ends the search at once: the client gets its status. "Peek before commit": a start
 //! succeeds only once the first delta has arrived, so an early upstream failure becomes
 //! a real HTTP status instead of a 200 with an error inside.
 
@@ -21,6 +23,13 @@ use providers::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{ProviderKind, TargetConfig};
+
+/// The longest wait before a retry: the backoff's ceiling, and the longest upstream
+/// `Retry-After` the router waits for. A request holds its slot and its client while it
+/// waits, so an upstream asking for more (minutes, an hour) is treated as refusing now:
+/// the next target is tried, or the client gets the status with the upstream's
+/// `Retry-After`.
+pub const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(5);
 
 /// Limits and timeouts of one target.
 #[derive(Debug, Clone)]
@@ -151,7 +160,7 @@ impl Model {
                         target: index,
                     });
                 }
-                Err(error @ ProviderError::InvalidRequest(_)) => {
+                Err(error) if error.is_the_requests_fault() => {
                     // The request itself is wrong: no other target will like it better.
                     return Err(StartError::Upstream(error));
                 }
@@ -197,7 +206,9 @@ impl Model {
             .unwrap_or(Err(ProviderError::Timeout("first token")));
             let status = match &result {
                 Ok(_) => "ok".to_owned(),
-                Err(ProviderError::Status { status, .. }) => status.to_string(),
+                Err(
+                    ProviderError::Status { status, .. } | ProviderError::Rejected { status, .. },
+                ) => status.to_string(),
                 Err(error) => error.code().to_owned(),
             };
             metrics::counter!(
@@ -217,7 +228,13 @@ impl Model {
                         target.limits.between_token_timeout,
                     ));
                 }
-                Err(error) if error.is_retryable() && attempt < target.limits.max_retries => {
+                Err(error)
+                    if error.is_retryable()
+                        && attempt < target.limits.max_retries
+                        && error
+                            .retry_after()
+                            .is_none_or(|wait| wait <= LONGEST_RETRY_WAIT) =>
+                {
                     attempt += 1;
                     let delay = backoff(target.limits.retry_base, attempt, error.retry_after());
                     tracing::debug!(%error, attempt, ?delay, "retrying upstream");
@@ -306,7 +323,7 @@ impl Stream for BetweenTokens {
 fn backoff(base: Duration, attempt: u32, retry_after: Option<Duration>) -> Duration {
     let ceiling = base
         .saturating_mul(1u32 << attempt.min(16))
-        .min(Duration::from_secs(5));
+        .min(LONGEST_RETRY_WAIT);
     let drawn = ceiling.mul_f64(rand::random::<f64>());
     retry_after.map_or(drawn, |wait| wait.max(drawn))
 }

@@ -43,9 +43,38 @@ async fn malformed_requests_are_refused_clearly() {
         (vec![b' '; 4096], 413, "request_too_large"),
     ];
     for (body, status, code) in cases {
-        let response = http().post(&url).body(body).send().await.unwrap();
+        let response = http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(error_of(response).await, (status, code.to_owned()));
     }
+    // What a web page may send to another site without a CORS preflight.
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = http()
+            .post(&url)
+            .body(serde_json::to_vec(&chat_body("sim", true)).unwrap());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        assert_eq!(
+            error_of(request.send().await.unwrap()).await,
+            (415, "unsupported_media_type".to_owned()),
+            "{content_type:?}"
+        );
+    }
+    let wrong_method = http().get(&url).send().await.unwrap();
+    assert_eq!(
+        error_of(wrong_method).await,
+        (405, "method_not_allowed".to_owned())
+    );
     let bad_key = http()
         .post(&url)
         .header("idempotency-key", "")
@@ -171,6 +200,21 @@ async fn streams_belong_to_their_principal() {
         .await
         .unwrap();
     assert_eq!(own.status(), 200);
+    // The scheme is case-insensitive; the key is not.
+    let lower = http()
+        .get(format!("{}/v1/streams/{id}/status", gateway.url))
+        .header("authorization", "bearer alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
+    let wrong_case_key = http()
+        .get(format!("{}/v1/streams/{id}/status", gateway.url))
+        .header("authorization", "Bearer ALICE-KEY")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_case_key.status(), 401);
 }
 
 #[tokio::test]

@@ -63,6 +63,58 @@ async fn repeated_500s_fall_back_to_the_next_target() {
 }
 
 #[tokio::test]
+async fn an_upstream_refusal_is_passed_on_without_retry_or_fallback() {
+    let refusing = Upstream::start(SimulatorConfig {
+        error_status: Some(400),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}, {{ provider = \"simulator\", tokens = 4 }}]\n",
+        openai_target(&refusing, ", max_retries = 2")
+    ))
+    .await;
+    let response = gateway.chat(&chat_body("m", true)).await;
+    assert_eq!(response.status(), 400, "the upstream's own status");
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        error["error"]["message"], "simulated error",
+        "the upstream's explanation, which is about the request"
+    );
+    assert_eq!(
+        refusing.requests(),
+        1,
+        "neither retried nor handed to the fallback"
+    );
+    assert_eq!(gateway.permits("m", 0), 64);
+}
+
+#[tokio::test]
+async fn an_upstream_asking_for_a_long_wait_is_not_waited_for() {
+    let limited = Upstream::start(SimulatorConfig {
+        error_status: Some(429),
+        retry_after_s: Some(3600),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&limited, ", max_retries = 3")
+    ))
+    .await;
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        gateway.chat(&chat_body("m", true)),
+    )
+    .await
+    .expect("an hour's Retry-After must not hold the request");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "3600");
+    assert_eq!(limited.requests(), 1, "no retry into the upstream's wait");
+}
+
+#[tokio::test]
 async fn an_upstream_that_never_starts_is_a_real_status() {
     let broken = Upstream::start(SimulatorConfig {
         error_status: Some(503),

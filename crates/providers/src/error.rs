@@ -29,9 +29,31 @@ pub enum ProviderError {
     /// The request cannot be served by this provider (bad parameters, missing model).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The upstream refused the request itself (HTTP 400, 413 or 422: a context too long,
+    /// a parameter out of range): neither a retry nor another target will change that.
+    /// Unlike every other variant, the message is the upstream's own explanation (its
+    /// `error.message`, bounded), because it is about the client's request.
+    #[error("{message}")]
+    Rejected {
+        /// The upstream's status.
+        status: u16,
+        /// The upstream's explanation.
+        message: String,
+        /// The upstream's error code when it is a plain identifier
+        /// (e.g. `context_length_exceeded`).
+        code: Option<String>,
+    },
 }
 
 impl ProviderError {
+    /// Whether the request itself is at fault, so that no other target should be tried.
+    pub fn is_the_requests_fault(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::InvalidRequest(_) | ProviderError::Rejected { .. }
+        )
+    }
+
     /// Whether retrying the same request (or falling back to another target) may help:
     /// connection errors, timeouts, interruptions and 408/429/500/502/503/504.
     pub fn is_retryable(&self) -> bool {
@@ -42,7 +64,9 @@ impl ProviderError {
             ProviderError::Status { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }
-            ProviderError::Protocol(_) | ProviderError::InvalidRequest(_) => false,
+            ProviderError::Protocol(_)
+            | ProviderError::InvalidRequest(_)
+            | ProviderError::Rejected { .. } => false,
         }
     }
 
@@ -58,11 +82,13 @@ impl ProviderError {
             ProviderError::Status { status, .. } if *status >= 500 => 502,
             ProviderError::Status { .. } => 502,
             ProviderError::InvalidRequest(_) => 400,
+            ProviderError::Rejected { status, .. } => *status,
         }
     }
 
-    /// A stable machine-readable code for error records and JSON errors.
-    pub fn code(&self) -> &'static str {
+    /// A stable machine-readable code for error records and JSON errors (for a refusal,
+    /// the upstream's own code when it sent a plain one).
+    pub fn code(&self) -> &str {
         match self {
             ProviderError::Connect(_) => "upstream_unreachable",
             ProviderError::Status { status: 429, .. } => "upstream_rate_limited",
@@ -71,6 +97,7 @@ impl ProviderError {
             ProviderError::Interrupted(_) => "upstream_interrupted",
             ProviderError::Protocol(_) => "upstream_protocol_error",
             ProviderError::InvalidRequest(_) => "invalid_request",
+            ProviderError::Rejected { code, .. } => code.as_deref().unwrap_or("upstream_rejected"),
         }
     }
 

@@ -84,24 +84,46 @@ async fn rate_limits_carry_retry_after_and_are_retryable() {
 }
 
 #[tokio::test]
-async fn a_bad_request_is_not_retryable_and_hides_the_upstream_body() {
-    let (server, _requests) = recording_upstream(
+async fn a_refused_request_carries_the_upstreams_explanation_and_other_errors_hide_it() {
+    let (refusing, _requests) = recording_upstream(
         400,
         "application/json",
-        r#"{"error":{"message":"secret upstream detail","type":"invalid_request_error"}}"#,
+        r#"{"error":{"message":"the context is too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
     )
     .await;
-
-    let error = adapter(server.base_url())
+    let error = adapter(refusing.base_url())
         .stream(request("hi"))
         .await
         .err()
         .unwrap();
+    assert_eq!(
+        error,
+        ProviderError::Rejected {
+            status: 400,
+            message: "the context is too long".into(),
+            code: Some("context_length_exceeded".into()),
+        }
+    );
+    assert!(!error.is_retryable());
+    assert!(error.is_the_requests_fault());
+    assert_eq!(error.status_code(), 400);
 
+    // Not about the client's request (our key, the upstream's state): only the status.
+    let (unauthorised, _requests) = recording_upstream(
+        401,
+        "application/json",
+        r#"{"error":{"message":"secret upstream detail","type":"invalid_request_error"}}"#,
+    )
+    .await;
+    let error = adapter(unauthorised.base_url())
+        .stream(request("hi"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(
         error,
         ProviderError::Status {
-            status: 400,
+            status: 401,
             retry_after: None
         }
     );

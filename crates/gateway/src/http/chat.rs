@@ -313,9 +313,9 @@ async fn assemble(
                     status: StatusCode::BAD_GATEWAY,
                     kind: "upstream_error",
                     code: if code == "cancelled" {
-                        "cancelled"
+                        "cancelled".into()
                     } else {
-                        "upstream_error"
+                        "upstream_error".into()
                     },
                     message,
                     retry_after: None,

@@ -139,7 +139,7 @@ pub async fn publish(
         return Err(ApiError {
             status: StatusCode::FORBIDDEN,
             kind: "permission_error",
-            code: "not_a_publisher",
+            code: "not_a_publisher".into(),
             message: "these credentials may subscribe but not publish".into(),
             retry_after: None,
         });

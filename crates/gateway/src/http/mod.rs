@@ -12,11 +12,14 @@ pub mod streams;
 pub mod web;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Every route of the gateway.
@@ -52,11 +55,43 @@ pub fn routes(state: AppState) -> Router {
         .route("/sdk/unbroken.js", get(web::sdk))
         .route("/sdk/sse.js", get(web::sdk_sse))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(require_json))
         .layer(DefaultBodyLimit::max(limit));
     match cors(&state.server.cors_origins) {
         Some(cors) => router.layer(cors).with_state(state),
         None => router.with_state(state),
     }
+}
+
+/// A POST with a body must say the body is JSON (415 otherwise). Browsers send
+/// `text/plain` and form bodies to other sites without asking first (no CORS preflight);
+/// with JSON required, every cross-site POST is preflighted and the CORS allow-list
+/// decides, so a web page cannot make a keyless local gateway spend upstream credit.
+async fn require_json(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST
+        && has_body(request.headers())
+        && !is_json(request.headers())
+    {
+        return ApiError::not_json().into_response();
+    }
+    next.run(request).await
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// CORS for an explicit allow-list of origins; `None` when the list is empty.

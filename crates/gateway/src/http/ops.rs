@@ -87,3 +87,8 @@ pub async fn openapi() -> Response {
 pub async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint")
 }
+
+/// A known path with a method it does not answer.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

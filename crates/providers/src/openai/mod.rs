@@ -4,7 +4,8 @@
 //! The adapter always streams: it POSTs `{base_url}/chat/completions` with `stream: true`
 //! and `stream_options.include_usage`, answers an error status with
 //! [`ProviderError::Status`] (never the upstream's body, which is only logged at debug
-//! level), and decodes the event stream with the `sse` crate into [`Delta`](crate::Delta)s.
+//! level) — except 400, 413 and 422, the upstream refusing the request itself, which
+//! become [`ProviderError::Rejected`] with the upstream's own `error.message` — and decodes the event stream with the `sse` crate into [`Delta`](crate::Delta)s.
 //! https is rustls with the `ring` provider and the platform's certificate verifier.
 //!
 //! - `request`: the upstream request body.
@@ -23,8 +24,10 @@ use crate::error::ProviderError;
 use crate::request::ChatRequest;
 use crate::{Provider, ProviderFuture};
 
-/// How much of an error body is read, for the debug log.
+/// How much of an error body is read (for the debug log, or a refusal's explanation).
 const ERROR_BODY_LIMIT: usize = 4096;
+/// The longest upstream explanation passed on to a client, in characters.
+const REJECTION_MESSAGE_LIMIT: usize = 1000;
 /// How long reading an error body may take before it is given up on.
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -194,6 +197,9 @@ impl Provider for OpenAiProvider {
                 .map_err(send_error)?;
 
             let status = response.status().as_u16();
+            if matches!(status, 400 | 413 | 422) {
+                return Err(rejected(status, response).await);
+            }
             if status != 200 {
                 let retry_after = retry_after(response.headers());
                 log_error_body(status, response).await;
@@ -251,11 +257,59 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .or_else(|| number("retry-after").map(Duration::from_secs_f64))
 }
 
+/// The upstream refused the request: its explanation, from an OpenAI-shaped error body
+/// (`{"error": {"message", "code"}}`) or the flat shape vLLM and others send
+/// (`{"message", "code"}`), bounded to [`REJECTION_MESSAGE_LIMIT`] characters.
+async fn rejected(status: u16, response: reqwest::Response) -> ProviderError {
+    let body = error_body(response).await;
+    tracing::debug!(status, body = %stream::truncate(&String::from_utf8_lossy(&body)), "upstream refused the request");
+    let (message, code) = rejection(&body);
+    ProviderError::Rejected {
+        status,
+        message: message
+            .unwrap_or_else(|| format!("the upstream refused the request (HTTP {status})")),
+        code,
+    }
+}
+
+/// The message and code of an error body, if it has them.
+fn rejection(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (None, None);
+    };
+    let error = value
+        .get("error")
+        .filter(|e| e.is_object())
+        .unwrap_or(&value);
+    let message = error
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|m| m.chars().take(REJECTION_MESSAGE_LIMIT).collect());
+    let code = error
+        .get("code")
+        .and_then(serde_json::Value::as_str)
+        .filter(|c| {
+            (1..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .map(str::to_owned);
+    (message, code)
+}
+
 /// Read the start of an error body for the debug log; never into an error message.
-async fn log_error_body(status: u16, mut response: reqwest::Response) {
+async fn log_error_body(status: u16, response: reqwest::Response) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
+    let body = error_body(response).await;
+    let body = String::from_utf8_lossy(&body);
+    tracing::debug!(status, body = %stream::truncate(&body), "upstream error response");
+}
+
+/// The first [`ERROR_BODY_LIMIT`] bytes of an error body, read for at most
+/// [`ERROR_BODY_TIMEOUT`].
+async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
     let mut body = Vec::new();
     let read = async {
         while body.len() < ERROR_BODY_LIMIT {
@@ -266,13 +320,37 @@ async fn log_error_body(status: u16, mut response: reqwest::Response) {
         }
     };
     let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read).await;
-    let body = String::from_utf8_lossy(&body);
-    tracing::debug!(status, body = %stream::truncate(&body), "upstream error response");
+    body
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_keeps_the_upstreams_explanation_and_a_plain_code() {
+        let openai = br#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        assert_eq!(
+            rejection(openai),
+            (
+                Some("This model's maximum context length is 8192 tokens.".into()),
+                Some("context_length_exceeded".into())
+            )
+        );
+        let flat = br#"{"object":"error","message":"max_tokens is too large","type":"BadRequestError","code":400}"#;
+        assert_eq!(
+            rejection(flat),
+            (Some("max_tokens is too large".into()), None)
+        );
+        let odd_code = br#"{"error":{"message":"no","code":"<script>"}}"#;
+        assert_eq!(rejection(odd_code).1, None);
+        assert_eq!(rejection(b"<html>Bad Request</html>"), (None, None));
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(5000));
+        assert_eq!(
+            rejection(long.as_bytes()).0.map(|m| m.chars().count()),
+            Some(REJECTION_MESSAGE_LIMIT)
+        );
+    }
 
     #[test]
     fn the_api_key_never_shows_in_debug_output() {
