@@ -115,6 +115,44 @@ async fn an_upstream_asking_for_a_long_wait_is_not_waited_for() {
 }
 
 #[tokio::test]
+async fn a_key_whose_attempt_failed_before_its_first_token_asks_again() {
+    let flaky = Upstream::start(SimulatorConfig {
+        tokens: 3,
+        error_status: Some(503),
+        error_times: Some(1),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&flaky, ", max_retries = 0")
+    ))
+    .await;
+    let send = || {
+        http()
+            .post(format!("{}/v1/chat/completions", gateway.url))
+            .header("idempotency-key", "try-again")
+            .json(&chat_body("m", true))
+            .send()
+    };
+    let failed = send().await.unwrap();
+    assert_eq!(failed.status(), 502);
+    let retried = send().await.unwrap();
+    assert_eq!(
+        retried.status(),
+        200,
+        "not the first attempt's failure replayed"
+    );
+    let events = Events::new(retried).rest().await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(flaky.requests(), 2);
+    // Once an answer started, the key attaches to it again.
+    let attached = Events::new(send().await.unwrap()).rest().await;
+    assert_eq!(text_of(&attached), text_of(&events));
+    assert_eq!(flaky.requests(), 2);
+}
+
+#[tokio::test]
 async fn an_upstream_that_never_starts_is_a_real_status() {
     let broken = Upstream::start(SimulatorConfig {
         error_status: Some(503),

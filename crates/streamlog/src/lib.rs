@@ -213,6 +213,19 @@ pub trait StreamLog: Send + Sync + 'static {
         entry: IdempotencyEntry,
     ) -> LogFuture<'_, IdempotencyOutcome>;
 
+    /// Remove `(principal, key)` if it still maps to `stream`, so that the key can start
+    /// a new stream: for an attempt that failed before it produced anything. A key mapped
+    /// to another stream, or no key at all, is left as it is.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn release_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+        stream: StreamId,
+    ) -> LogFuture<'_, ()>;
+
     /// Delete every stream that ended at least `stream_ttl` ago, its records and its
     /// idempotency keys (and keys whose stream was never created, `stream_ttl` after
     /// they were inserted). Returns the number of streams deleted.

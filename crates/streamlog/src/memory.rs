@@ -274,6 +274,24 @@ impl StreamLog for MemoryLog {
         Box::pin(std::future::ready(Ok(outcome)))
     }
 
+    fn release_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+        stream: StreamId,
+    ) -> LogFuture<'_, ()> {
+        let mut state = lock(&self.state);
+        let pair = (principal, key);
+        if state
+            .keys
+            .get(&pair)
+            .is_some_and(|(entry, _)| entry.stream == stream)
+        {
+            state.keys.remove(&pair);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn purge_expired(&self) -> LogFuture<'_, usize> {
         let now = self.clock.now_ms();
         let ttl = self.stream_ttl_ms;

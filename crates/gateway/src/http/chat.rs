@@ -67,7 +67,7 @@ pub async fn create(
         kind: StreamKind::Chat,
         request: body.clone(),
     };
-    let creation: Creation = match idempotency_key {
+    let creation: Creation = match idempotency_key.clone() {
         None => state.create_in_background(new),
         Some(key) => {
             // The stream exists before its key does, so a repeat always finds it; and the
@@ -108,7 +108,20 @@ pub async fn create(
         model,
         request: call.request.clone(),
     };
-    let meta = start_generation(&state, &principal, generation, commit_after).await?;
+    let meta = match start_generation(&state, &principal, generation, commit_after).await {
+        Ok(meta) => meta,
+        Err(error) => {
+            if let Some(key) = idempotency_key {
+                // Nothing was produced, so nothing would be paid for twice: a retry with
+                // the same key (a 429, a 502) asks again instead of replaying the failure.
+                let principal = principal.as_str().to_owned();
+                if let Err(e) = state.log.release_idempotency_key(principal, key, id).await {
+                    tracing::warn!(error = %e, stream = %id, "could not release an idempotency key");
+                }
+            }
+            return Err(error);
+        }
+    };
     answer(&state, meta, &call).await
 }
 

@@ -411,6 +411,20 @@ impl StreamLog for SqliteLog {
         }))
     }
 
+    fn release_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+        stream: StreamId,
+    ) -> LogFuture<'_, ()> {
+        Box::pin(self.call(move |reply| Op::ReleaseKey {
+            principal,
+            key,
+            stream,
+            reply,
+        }))
+    }
+
     fn purge_expired(&self) -> LogFuture<'_, usize> {
         Box::pin(self.call(Op::Purge))
     }

@@ -87,6 +87,12 @@ pub(crate) enum Op {
         entry: IdempotencyEntry,
         reply: Reply<IdempotencyOutcome>,
     },
+    ReleaseKey {
+        principal: String,
+        key: String,
+        stream: StreamId,
+        reply: Reply<()>,
+    },
     Trim {
         id: StreamId,
         trim: Trim,
@@ -410,6 +416,19 @@ impl Writer {
                 entry,
                 reply,
             } => Done::Key(reply, Ok(self.insert_key(principal, key, entry, now)?)),
+            Op::ReleaseKey {
+                principal,
+                key,
+                stream,
+                reply,
+            } => {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM idempotency WHERE principal = ?1 AND key = ?2 AND stream = ?3",
+                    )?
+                    .execute(rusqlite::params![principal, key, stream.to_string()])?;
+                Done::Unit(reply, Ok(()))
+            }
             Op::Trim { id, trim, reply } => Done::Trim(reply, self.trim(id, &trim, now)?),
             Op::Purge(reply) => Done::Purge(reply, Ok(self.purge(now)?)),
             Op::Subscribe(id, reply) => Done::Subscribe(id, reply),

@@ -425,6 +425,30 @@ pub async fn idempotency_keys<B: Backend>(backend: B) {
         .await
         .unwrap();
     assert_eq!(again, IdempotencyOutcome::Existing(winners[0].clone()));
+
+    // Releasing for another stream leaves the key; releasing for its own stream frees it
+    // for a new one, and only for that principal.
+    log.release_idempotency_key("alice".into(), "k1".into(), second.stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        put("alice", "k1", &second).await.unwrap(),
+        IdempotencyOutcome::Existing(first.clone())
+    );
+    log.release_idempotency_key("alice".into(), "k1".into(), first.stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        put("alice", "k1", &second).await.unwrap(),
+        IdempotencyOutcome::Inserted
+    );
+    assert_eq!(
+        put("bob", "k1", &first).await.unwrap(),
+        IdempotencyOutcome::Existing(second.clone())
+    );
+    log.release_idempotency_key("nobody".into(), "none".into(), first.stream)
+        .await
+        .unwrap();
 }
 
 pub async fn retention<B: Backend>(backend: B) {
