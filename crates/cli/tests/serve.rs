@@ -143,16 +143,31 @@ async fn what_a_client_saw_survives_kill_9() {
         .send()
         .await
         .unwrap();
+    // Nobody continues the stream after the restart: the reader gets everything the log
+    // holds, then an `interrupted` error — never `[DONE]`, and not heartbeats forever.
     let mut replay = events(resumed);
     let mut replayed = Vec::new();
-    for _ in 0..seen.len() {
-        // Nobody continues the stream after the restart, so the reader would follow it
-        // live forever: take exactly what was seen, then hang up.
-        let event = replay.next().await.expect("the replay holds what was seen");
+    while let Some(event) = tokio::time::timeout(std::time::Duration::from_secs(20), replay.next())
+        .await
+        .expect("the replay of a stream nobody writes ends")
+    {
         replayed.push((event.id, event.data));
     }
-    drop(replay);
-    assert_eq!(replayed, seen, "same ids, same chunks, in order");
+    let (ending_id, ending) = replayed.pop().expect("an ending event");
+    let ending: serde_json::Value = serde_json::from_str(&ending).unwrap();
+    assert_eq!(ending["error"]["code"], "interrupted", "{ending}");
+    assert_eq!(
+        ending_id,
+        replayed.last().unwrap().0,
+        "the ending repeats the last id, so reconnecting from it is in range"
+    );
+    assert!(replayed.iter().all(|(_, data)| data != "[DONE]"));
+    assert!(replayed.len() >= seen.len());
+    assert_eq!(
+        replayed[..seen.len()],
+        seen[..],
+        "same ids, same chunks, in order"
+    );
 
     let status: serde_json::Value = http()
         .get(format!("{}/v1/streams/{stream_id}/status", server.url))

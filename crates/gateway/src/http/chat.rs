@@ -247,7 +247,7 @@ impl Drop for Handoff {
 /// Answer as a reader of `meta`'s stream from its start.
 async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<Response, ApiError> {
     let guard = state.live.attach(&meta.id);
-    let records = state.log.read(meta.id, 0).await?;
+    let records = crate::http::streams::reader_records(state, &meta, 0).await?;
     if call.stream {
         let render = OpenAiChunks::new(meta.id, meta.created_ms / 1000, &call.model, 0, false);
         return Ok(body::response(

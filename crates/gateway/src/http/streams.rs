@@ -4,15 +4,18 @@
 //! malformed id — gets 404, so ids cannot be probed. Resuming honours `Last-Event-ID`
 //! (header, or `?last_event_id=`) and replays every event after it exactly once, then
 //! follows live. A reader that already has everything of an ended stream gets 204, the
-//! standard "stop reconnecting" answer.
+//! standard "stop reconnecting" answer. A chat stream left open by a writer that is gone
+//! (the gateway stopped or crashed mid-answer) is replayed and then ends with an
+//! `interrupted` error event instead of heartbeats forever; it stays open in the log,
+//! never reported finished.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::Value;
-use streamlog::{Record, Seq, StreamId, StreamKind, StreamMeta, StreamState};
+use streamlog::{Record, RecordStream, Seq, StreamId, StreamKind, StreamMeta, StreamState};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -91,7 +94,7 @@ pub async fn resume(
     }
     metrics::counter!("unbroken_resumes_total").increment(1);
     let from = after.min(meta.last_seq);
-    let records = state.log.read(meta.id, from).await?;
+    let records = reader_records(&state, &meta, from).await?;
     let guard = state.live.attach(&meta.id);
     let options = state.sse_options();
     Ok(if openai {
@@ -107,6 +110,65 @@ pub async fn resume(
     } else {
         body::response(meta.id, records, Events, options, guard)
     })
+}
+
+/// What a reader of `meta` gets after `from`: the log's records, followed live — or, for
+/// a chat stream whose writer is gone, the records it has and then an `interrupted` error.
+///
+/// # Errors
+/// The log's.
+pub async fn reader_records(
+    state: &AppState,
+    meta: &StreamMeta,
+    from: Seq,
+) -> Result<RecordStream, ApiError> {
+    let records = state.log.read(meta.id, from).await?;
+    if meta.kind != StreamKind::Chat
+        || meta.state.is_terminal()
+        || state.live.get(&meta.id).is_some()
+    {
+        return Ok(records);
+    }
+    // Not being written here: it ended since `meta` was read, or its writer is gone. A
+    // lease of this node's means a generation is about to start (a keyed request between
+    // its key and its start). With one node per log, a lease of another node is a
+    // process that is gone (node names are unique per process); several nodes sharing a
+    // log would have to wait for that lease to expire instead.
+    let now = state.log.status(meta.id).await?;
+    let starting_here = now
+        .lease
+        .as_ref()
+        .is_some_and(|lease| lease.holder == state.node);
+    if now.state.is_terminal() || starting_here {
+        return Ok(records);
+    }
+    Ok(orphaned(records, from, now.last_seq))
+}
+
+/// The records after `from` up to `last`, then an `interrupted` error carrying `last` as
+/// its id (so a reconnect from it gets the same ending, not an out-of-range id).
+fn orphaned(records: RecordStream, from: Seq, last: Seq) -> RecordStream {
+    let ending = stream::once(async move {
+        Ok((
+            last,
+            Record::Error {
+                code: "interrupted".into(),
+                message: "the answer was interrupted: the gateway writing it stopped before it \
+                          finished"
+                    .into(),
+            },
+        ))
+    });
+    if from >= last {
+        return Box::pin(ending);
+    }
+    let replay = stream::unfold(Some(records), move |records| async move {
+        let mut records = records?;
+        let item = records.next().await?;
+        let more = matches!(&item, Ok((seq, _)) if *seq < last);
+        Some((item, more.then_some(records)))
+    });
+    Box::pin(replay.chain(ending))
 }
 
 /// `Last-Event-ID` from the header or the query; absent means 0 (from the start).
