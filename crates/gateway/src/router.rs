@@ -144,7 +144,7 @@ impl Model {
             if prefill_only && !target.provider.supports_prefill() {
                 continue;
             }
-            let permit = match self.queue(target).await {
+            let permit = match self.queue(target, index).await {
                 Some(permit) => permit,
                 None => {
                     let retry_after = target.limits.queue_timeout.as_secs().max(1);
@@ -174,16 +174,21 @@ impl Model {
         )
     }
 
-    async fn queue(&self, target: &Target) -> Option<OwnedSemaphorePermit> {
+    async fn queue(&self, target: &Target, index: usize) -> Option<OwnedSemaphorePermit> {
+        let gauge = metrics::gauge!(
+            "unbroken_queue_depth",
+            "model" => self.name.clone(),
+            "target" => index.to_string()
+        );
         let depth = target.waiting.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("unbroken_queue_depth", "model" => self.name.clone()).set(depth as f64);
+        gauge.set(depth as f64);
         let permit = tokio::time::timeout(
             target.limits.queue_timeout,
             Arc::clone(&target.permits).acquire_owned(),
         )
         .await;
         let depth = target.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("unbroken_queue_depth", "model" => self.name.clone()).set(depth as f64);
+        gauge.set(depth as f64);
         permit.ok()?.ok()
     }
 

@@ -296,6 +296,46 @@ async fn operations_endpoints_answer() {
         metrics.contains("unbroken_upstream_requests_total{model=\"sim\""),
         "{metrics}"
     );
+
+    // A streamed answer under a key, its idempotent replay and a resume: every metric
+    // the operations guide lists shows up.
+    let keyed = || {
+        http()
+            .post(format!("{}/v1/chat/completions", gateway.url))
+            .header("idempotency-key", "metrics")
+            .json(&chat_body("sim", true))
+            .send()
+    };
+    let first = Events::new(keyed().await.unwrap());
+    let id = first.stream_id();
+    first.rest().await;
+    Events::new(keyed().await.unwrap()).rest().await;
+    let resumed = http()
+        .get(format!("{}/v1/streams/{id}", gateway.url))
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    Events::new(resumed).rest().await;
+    let metrics = http()
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "unbroken_active_streams",
+        "unbroken_active_readers",
+        "unbroken_appends_total",
+        "unbroken_resumes_total",
+        "unbroken_idempotent_replays_total",
+        "unbroken_upstream_ttft_seconds_bucket{model=\"sim\"",
+        "unbroken_queue_depth{model=\"sim\",target=\"0\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
     assert!(
         metrics.contains("unbroken_upstream_ttft_seconds_bucket"),
         "{metrics}"
