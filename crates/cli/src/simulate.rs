@@ -29,20 +29,44 @@ pub struct Args {
     /// Cut every answer after this many tokens (fault injection).
     #[arg(long)]
     fail_after: Option<u32>,
+    /// Refuse requests with this HTTP status, in OpenAI's error shape (fault injection).
+    #[arg(long, value_name = "STATUS", value_parser = clap::value_parser!(u16).range(400..=599))]
+    error_status: Option<u16>,
+    /// The chance that a request is refused with --error-status, from 0 to 1
+    /// (reproducible for a --seed).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 1.0,
+        requires = "error_status"
+    )]
+    error_probability: f64,
+    /// Refuse only the first N requests ("429, then 200").
+    #[arg(long, value_name = "N", requires = "error_status")]
+    error_times: Option<u32>,
+    /// The `Retry-After` sent with refusals, in seconds.
+    #[arg(long, value_name = "SECONDS", requires = "error_status")]
+    retry_after: Option<u64>,
 }
 
 /// Serve until SIGINT or SIGTERM.
 ///
 /// # Errors
-/// When the address cannot be bound.
+/// A probability outside 0..=1; an address that cannot be bound.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.error_probability) {
+        anyhow::bail!("--error-probability must be between 0 and 1");
+    }
     let config = SimulatorConfig {
         tokens: args.tokens,
         ttft_ms: args.ttft_ms,
         interval_ms: args.interval_ms,
         seed: args.seed,
         fail_after: args.fail_after,
-        ..SimulatorConfig::default()
+        error_status: args.error_status,
+        error_probability: args.error_probability,
+        error_times: args.error_times,
+        retry_after_s: args.retry_after,
     };
     let listener =
         gateway::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
