@@ -69,26 +69,53 @@ pub async fn run(
     housekeeping.spawn(http::hub::retention(state.clone(), state.shutdown.clone()));
     let signal = async move {
         shutdown.await;
-        tracing::info!("shutting down: closing readers, draining writers");
+        tracing::info!("shutting down: draining answers in flight, closing other readers");
         token.raise();
     };
     // Tokens are small writes that must leave at once: no Nagle delay.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(signal)
-        .await?;
-    state.tasks.close();
     let grace = state.server.shutdown_grace();
+    // The grace counts from the signal, while the server drains: answers in flight keep
+    // their readers until they finish or the grace ends (then those readers get an
+    // `interrupted` error event); every other reader ends at the signal.
+    let stopping = state.clone();
+    let drain = async move {
+        stopping.shutdown.raised().await;
+        stopping.tasks.close();
+        if tokio::time::timeout(grace, stopping.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "writers still running after the shutdown grace; stopping them"
+            );
+            stopping.hard_stop.raise();
+        }
+    };
+    let serve = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let mut drain = std::pin::pin!(drain);
+    let mut serve = std::pin::pin!(serve);
+    let served = tokio::select! {
+        served = &mut serve => {
+            // It returns Ok only once the signal came: then the drain is under way.
+            if served.is_ok() {
+                (&mut drain).await;
+            }
+            served
+        }
+        () = &mut drain => serve.await,
+    };
+    served?;
+    // A generation a request started just before the signal, after the drain looked.
     if tokio::time::timeout(grace, state.tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!(
-            ?grace,
-            "writers still running after the shutdown grace; stopping them"
-        );
         state.hard_stop.raise();
         state.tasks.wait().await;
     }

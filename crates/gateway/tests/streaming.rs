@@ -280,7 +280,7 @@ async fn a_disconnect_does_not_stop_the_writer() {
 }
 
 #[tokio::test]
-async fn shutdown_ends_readers_cleanly_and_leaves_unfinished_streams_open() {
+async fn shutdown_without_grace_interrupts_readers_and_leaves_streams_open() {
     let gateway = Gateway::start(
         "[server]\nshutdown_grace_ms = 0\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
     )
@@ -289,17 +289,49 @@ async fn shutdown_ends_readers_cleanly_and_leaves_unfinished_streams_open() {
     let id: streamlog::StreamId = events.stream_id().parse().unwrap();
     events.next().await.unwrap();
     let state = gateway.state.clone();
-    gateway.shutdown().await;
-    let rest = events.rest().await; // ends (cleanly) instead of hanging
-    assert!(
-        rest.iter()
-            .all(|e| e.data != "[DONE]" && !e.data.contains("\"error\""))
-    );
+    let ((), mut rest) = tokio::join!(gateway.shutdown(), events.rest());
+    // No grace: the answer is stopped where it is, and its reader is told so.
+    let ending = rest.pop().expect("an ending event");
+    let error: serde_json::Value = serde_json::from_str(&ending.data).unwrap();
+    assert_eq!(error["error"]["code"], "interrupted", "{}", ending.data);
+    assert!(rest.iter().all(|e| e.data != "[DONE]"));
     let meta = state.log.status(id).await.unwrap();
     assert_eq!(
         meta.state,
         streamlog::StreamState::Open,
         "never reported finished"
+    );
+    if let Some(before) = rest.last() {
+        assert_eq!(ending.id, before.id, "the ending repeats the last id");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_answer_in_flight_finish_within_the_grace() {
+    let gateway = Gateway::start(
+        "[server]\nshutdown_grace_ms = 20000\n[[models]]\nname = \"short\"\ntargets = [{ provider = \"simulator\", tokens = 20, interval_ms = 20 }]\n",
+    )
+    .await;
+    let url = gateway.url.clone();
+    let mut events = Events::new(gateway.chat(&chat_body("short", true)).await);
+    let first = events.next().await.unwrap();
+    let (rest, ()) = tokio::join!(events.rest(), gateway.shutdown());
+    let mut all = vec![first];
+    all.extend(rest);
+    assert_eq!(
+        all.pop().unwrap().data,
+        "[DONE]",
+        "the reader stayed for the end of the answer"
+    );
+    assert_eq!(text_of(&all).split_whitespace().count(), 20);
+    assert!(
+        http()
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&chat_body("short", true))
+            .send()
+            .await
+            .is_err(),
+        "nothing new is accepted"
     );
 }
 

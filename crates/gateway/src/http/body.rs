@@ -3,8 +3,10 @@
 //! hyper pulls the body; each pull takes the records the cursor has ready (up to a batch)
 //! and renders them into one buffer, so a reader that cannot keep up simply stops pulling
 //! and later re-reads from the log — nothing queues for it. Idle streams get a heartbeat
-//! comment every `heartbeat_interval`; shutdown ends every body cleanly, so clients
-//! reconnect (elsewhere) with their `Last-Event-ID`.
+//! comment every `heartbeat_interval`; [`Options::shutdown`] ends a body cleanly, so
+//! clients reconnect (elsewhere) with their `Last-Event-ID` — at the shutdown signal for
+//! most readers, never for a chat answer being written here, whose records end by
+//! themselves (at `[DONE]`, or with an `interrupted` error when the shutdown grace ends).
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -247,16 +247,13 @@ impl Drop for Handoff {
 /// Answer as a reader of `meta`'s stream from its start.
 async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<Response, ApiError> {
     let guard = state.live.attach(&meta.id);
-    let records = crate::http::streams::reader_records(state, &meta, 0).await?;
+    let crate::http::streams::Reading { records, ends_at } =
+        crate::http::streams::reader_records(state, &meta, 0).await?;
     if call.stream {
         let render = OpenAiChunks::new(meta.id, meta.created_ms / 1000, &call.model, 0, false);
-        return Ok(body::response(
-            meta.id,
-            records,
-            render,
-            state.sse_options(),
-            guard,
-        ));
+        let mut options = state.sse_options();
+        options.shutdown = ends_at;
+        return Ok(body::response(meta.id, records, render, options, guard));
     }
     let completion = assemble(meta.id, meta.created_ms / 1000, &call.model, records).await;
     drop(guard);
@@ -325,8 +322,8 @@ async fn assemble(
                 return Err(ApiError {
                     status: StatusCode::BAD_GATEWAY,
                     kind: "upstream_error",
-                    code: if code == "cancelled" {
-                        "cancelled".into()
+                    code: if code == "cancelled" || code == "interrupted" {
+                        code.into()
                     } else {
                         "upstream_error".into()
                     },

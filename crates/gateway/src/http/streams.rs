@@ -21,6 +21,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::body;
 use crate::http::render::{Events, OpenAiChunks};
+use crate::signal::Signal;
 use crate::state::AppState;
 use crate::supervisor::LEASE_TTL;
 
@@ -94,9 +95,10 @@ pub async fn resume(
     }
     metrics::counter!("unbroken_resumes_total").increment(1);
     let from = after.min(meta.last_seq);
-    let records = reader_records(&state, &meta, from).await?;
+    let Reading { records, ends_at } = reader_records(&state, &meta, from).await?;
     let guard = state.live.attach(&meta.id);
-    let options = state.sse_options();
+    let mut options = state.sse_options();
+    options.shutdown = ends_at;
     Ok(if openai {
         let finished_before = meta.state == StreamState::Finished && after >= meta.last_seq;
         let render = OpenAiChunks::new(
@@ -112,8 +114,20 @@ pub async fn resume(
     })
 }
 
-/// What a reader of `meta` gets after `from`: the log's records, followed live — or, for
-/// a chat stream whose writer is gone, the records it has and then an `interrupted` error.
+/// What a reader of a stream gets: its records, and the signal that ends the response
+/// early (for [`body::Options::shutdown`]).
+pub struct Reading {
+    /// The records after the reader's position.
+    pub records: RecordStream,
+    /// Ends the response where it is.
+    pub ends_at: Signal,
+}
+
+/// What a reader of `meta` gets after `from`: the log's records, followed live, ending at
+/// shutdown. A chat answer being written here is drained instead: its reader keeps
+/// following through the shutdown grace, and gets an `interrupted` error if the grace
+/// ends first. A chat stream whose writer is gone gets the records it has and then an
+/// `interrupted` error.
 ///
 /// # Errors
 /// The log's.
@@ -121,13 +135,20 @@ pub async fn reader_records(
     state: &AppState,
     meta: &StreamMeta,
     from: Seq,
-) -> Result<RecordStream, ApiError> {
+) -> Result<Reading, ApiError> {
     let records = state.log.read(meta.id, from).await?;
-    if meta.kind != StreamKind::Chat
-        || meta.state.is_terminal()
-        || state.live.get(&meta.id).is_some()
-    {
-        return Ok(records);
+    let plain = |records| Reading {
+        records,
+        ends_at: state.shutdown.clone(),
+    };
+    if meta.kind != StreamKind::Chat || meta.state.is_terminal() {
+        return Ok(plain(records));
+    }
+    if state.live.get(&meta.id).is_some() {
+        return Ok(Reading {
+            records: interrupt_on(records, &state.hard_stop, from),
+            ends_at: Signal::new(),
+        });
     }
     // Not being written here: it ended since `meta` was read, or its writer is gone. A
     // lease of this node's means a generation is about to start (a keyed request between
@@ -140,25 +161,49 @@ pub async fn reader_records(
         .as_ref()
         .is_some_and(|lease| lease.holder == state.node);
     if now.state.is_terminal() || starting_here {
-        return Ok(records);
+        return Ok(plain(records));
     }
-    Ok(orphaned(records, from, now.last_seq))
+    Ok(Reading {
+        records: orphaned(records, from, now.last_seq),
+        ends_at: Signal::new(),
+    })
+}
+
+/// Why a reader's answer ends without finishing: its writer stopped (the gateway's
+/// shutdown grace ended, or the process that wrote it is gone).
+fn interrupted() -> Record {
+    Record::Error {
+        code: "interrupted".into(),
+        message: "the answer was interrupted: the gateway writing it stopped before it finished"
+            .into(),
+    }
+}
+
+/// `records`, cut when `stop` is raised with an `interrupted` error carrying the last
+/// seq read (so a reconnect from it is in range).
+fn interrupt_on(records: RecordStream, stop: &Signal, from: Seq) -> RecordStream {
+    let stop = Box::pin(stop.raised());
+    Box::pin(stream::unfold(
+        Some((records, from, stop)),
+        |reading| async move {
+            let (mut records, last, mut stop) = reading?;
+            tokio::select! {
+                biased;
+                item = records.next() => {
+                    let item = item?;
+                    let last = item.as_ref().map_or(last, |(seq, _)| *seq);
+                    Some((item, Some((records, last, stop))))
+                }
+                () = &mut stop => Some((Ok((last, interrupted())), None)),
+            }
+        },
+    ))
 }
 
 /// The records after `from` up to `last`, then an `interrupted` error carrying `last` as
 /// its id (so a reconnect from it gets the same ending, not an out-of-range id).
 fn orphaned(records: RecordStream, from: Seq, last: Seq) -> RecordStream {
-    let ending = stream::once(async move {
-        Ok((
-            last,
-            Record::Error {
-                code: "interrupted".into(),
-                message: "the answer was interrupted: the gateway writing it stopped before it \
-                          finished"
-                    .into(),
-            },
-        ))
-    });
+    let ending = stream::once(async move { Ok((last, interrupted())) });
     if from >= last {
         return Box::pin(ending);
     }
