@@ -150,6 +150,42 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_file_has_one_principal_and_hash_per_line() {
+        let hex =
+            |key: &[u8]| -> String { sha256(key).iter().map(|b| format!("{b:02x}")).collect() };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(
+            &path,
+            format!(
+                "# who  sha256\n\nalice {}\n  bob\t{}  \n",
+                hex(b"a-key"),
+                hex(b"b-key")
+            ),
+        )
+        .unwrap();
+        let keys = Keys::load(&AuthConfig {
+            keys: Vec::new(),
+            keys_file: Some(path.clone()),
+        })
+        .unwrap();
+        assert_eq!(
+            keys.principal("a-key").map(Principal::as_str),
+            Some("alice")
+        );
+        assert_eq!(keys.principal("b-key").map(Principal::as_str), Some("bob"));
+        assert_eq!(keys.principal("c-key"), None);
+
+        std::fs::write(&path, format!("alice {}\nbob not-a-hash\n", hex(b"a-key"))).unwrap();
+        let error = Keys::load(&AuthConfig {
+            keys: Vec::new(),
+            keys_file: Some(path),
+        })
+        .unwrap_err();
+        assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
     fn hex_parsing_is_strict() {
         assert!(parse_sha256(&"ab".repeat(32)).is_some());
         assert!(parse_sha256(&"ab".repeat(31)).is_none());

@@ -574,6 +574,18 @@ mod tests {
     }
 
     #[test]
+    fn a_wrongly_typed_value_is_refused_by_name() {
+        let error = load("[server]\nreader_grace_ms = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("reader_grace_ms"), "{error}");
+        let error = load("", &[("UNBROKEN__SERVER__HEARTBEAT_INTERVAL_MS", "often")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("heartbeat_interval_ms"), "{error}");
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let config = load(
             "[server]\nlisten = \"127.0.0.1:1\"\n",

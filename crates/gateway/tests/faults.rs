@@ -153,6 +153,27 @@ async fn a_key_whose_attempt_failed_before_its_first_token_asks_again() {
 }
 
 #[tokio::test]
+async fn a_first_token_too_late_is_a_504_and_frees_its_slot() {
+    let slow = Upstream::start(SimulatorConfig {
+        tokens: 3,
+        ttft_ms: 10_000,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        openai_target(&slow, ", max_retries = 0, first_token_timeout_ms = 100")
+    ))
+    .await;
+    let response = gateway.chat(&chat_body("m", true)).await;
+    assert_eq!(response.status(), 504);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+    gateway.settle().await;
+    assert_eq!(gateway.permits("m", 0), 64);
+}
+
+#[tokio::test]
 async fn an_upstream_that_never_starts_is_a_real_status() {
     let broken = Upstream::start(SimulatorConfig {
         error_status: Some(503),
