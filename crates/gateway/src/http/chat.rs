@@ -453,6 +453,15 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
             return Err(field_error(field, "has the wrong type"));
         }
     }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        if object
+            .get(field)
+            .and_then(Value::as_u64)
+            .is_some_and(|n| !(1..=u64::from(u32::MAX)).contains(&n))
+        {
+            return Err(field_error(field, "must be from 1 to 4294967295"));
+        }
+    }
     if object
         .get("n")
         .and_then(Value::as_u64)
@@ -494,7 +503,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 10] = [
             (b"{", "not valid JSON"),
             (b"[]", "body must be a JSON object"),
             (
@@ -517,6 +526,14 @@ mod tests {
             (
                 br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
                 "temperature has the wrong type",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":5000000000}"#,
+                "max_tokens must be from 1",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":0}"#,
+                "max_completion_tokens must be from 1",
             ),
         ];
         for (body, expected) in cases {
