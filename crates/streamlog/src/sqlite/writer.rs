@@ -3,7 +3,9 @@
 //! over a channel; the thread takes the first command, gathers every command already queued (up
 //! to `max_batch_records` records; if the previous batch held more than one command, it
 //! also waits up to `max_batch_delay` for more — concurrent writers whose appends were
-//! just acknowledged are about to send their next ones), applies
+//! just acknowledged are about to send their next ones — but only while they keep
+//! coming: a gap of a fifth of that delay with none ends the wait, so appends that
+//! arrive on their own, like tokens, are not held back), applies
 //! them in one transaction and commits. Only then does it push appended records into the
 //! hot tails, publish the new heads to readers, and answer the callers — so an
 //! acknowledged append, and anything a reader sees, is committed. The thread keeps the
@@ -111,6 +113,11 @@ impl Op {
     }
 }
 
+/// While gathering a batch, the writer stops waiting once no command came for
+/// `max_batch_delay / LINGER_GAP_DIVISOR`: writers answering an acknowledgement send
+/// within microseconds of each other, independent ones (a stream's next token) do not.
+const LINGER_GAP_DIVISOR: u32 = 5;
+
 /// The settings the writer needs.
 pub(crate) struct WriterSettings {
     pub max_batch_records: usize,
@@ -214,6 +221,7 @@ impl Writer {
             } else {
                 Duration::ZERO
             };
+            let gap = linger / LINGER_GAP_DIVISOR;
             let mut weight = first.op.weight();
             batch.push(first);
             while weight < self.settings.max_batch_records {
@@ -221,7 +229,7 @@ impl Writer {
                     Ok(cmd) => Some(cmd),
                     Err(_) if linger.is_zero() => None,
                     Err(_) => rx
-                        .recv_timeout(linger.saturating_sub(started.elapsed()))
+                        .recv_timeout(linger.saturating_sub(started.elapsed()).min(gap))
                         .ok(),
                 };
                 let Some(cmd) = next else { break };
