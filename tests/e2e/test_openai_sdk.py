@@ -2,7 +2,8 @@
 
 The gateway's address comes from UNBROKEN_URL (e.g. http://127.0.0.1:8080), started by
 scripts/e2e with tests/e2e/sim.toml: `sim` answers 24 tokens quickly, `sim-slow` 200
-tokens 10 ms apart, `sim-late` 12 tokens after 2.5 s.
+tokens 10 ms apart, `sim-late` 12 tokens after 2.5 s, `sim-refuses` answers 400 as an
+upstream refusing the request would.
 """
 
 import asyncio
@@ -136,7 +137,7 @@ class Models(unittest.TestCase):
     def test_models_list_names_the_configured_models(self):
         with client() as c:
             models = c.models.list()
-        self.assertEqual({m.id for m in models}, {"sim", "sim-slow", "sim-late"})
+        self.assertEqual({m.id for m in models}, {"sim", "sim-slow", "sim-late", "sim-refuses"})
         self.assertTrue(all(m.object == "model" for m in models))
 
 
@@ -152,6 +153,21 @@ class Errors(unittest.TestCase):
             c.chat.completions.create(model="sim", messages=[])
         self.assertEqual(caught.exception.status_code, 400)
         self.assertIn("messages", caught.exception.message)
+
+    def test_an_upstream_refusal_reaches_the_sdk_with_its_explanation(self):
+        for stream in (True, False):
+            with client() as c, self.assertRaises(openai.BadRequestError) as caught:
+                c.chat.completions.create(model="sim-refuses", messages=MESSAGES, stream=stream)
+            self.assertEqual(caught.exception.status_code, 400)
+            self.assertIn("simulated error", caught.exception.message)
+
+    def test_a_body_not_sent_as_json_is_refused(self):
+        body = json.dumps({"model": "sim", "messages": MESSAGES})
+        response = httpx.post(
+            f"{URL}/v1/chat/completions", content=body, headers={"content-type": "text/plain"}
+        )
+        self.assertEqual(response.status_code, 415)
+        self.assertEqual(response.json()["error"]["code"], "unsupported_media_type")
 
 
 class Resume(unittest.TestCase):

@@ -136,9 +136,18 @@ impl SimulatorProvider {
                 .error_times
                 .is_none_or(|times| number < u64::from(times));
             if within_times && self.roll(number) {
-                return Err(ProviderError::Status {
-                    status,
-                    retry_after: self.config.retry_after_s.map(Duration::from_secs),
+                return Err(if matches!(status, 400 | 413 | 422) {
+                    // As the openai adapter reads an upstream refusing the request.
+                    ProviderError::Rejected {
+                        status,
+                        message: "simulated error".into(),
+                        code: None,
+                    }
+                } else {
+                    ProviderError::Status {
+                        status,
+                        retry_after: self.config.retry_after_s.map(Duration::from_secs),
+                    }
                 });
             }
         }

@@ -372,6 +372,12 @@ fn provider_error_response(error: &ProviderError) -> Response {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             error_response(status, "simulated error", *retry_after)
         }
+        ProviderError::Rejected {
+            status, message, ..
+        } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+            error_response(status, message, None)
+        }
         other => error_response(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string(), None),
     }
 }
