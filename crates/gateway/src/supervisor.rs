@@ -255,6 +255,34 @@ impl Generation {
     }
 }
 
+/// End stream `id` as failed after its generation panicked, if it is still open under
+/// `holder`'s lease (this node's): its readers then get an `internal_error` instead of
+/// waiting for records that will never come. The panicked writer is gone, so the lease's
+/// token is nobody else's. A stream whose creation had not committed is left alone.
+pub async fn end_after_panic(log: &dyn StreamLog, id: StreamId, holder: &str) {
+    tracing::error!(stream = %id, "the generation panicked; its stream ends as failed");
+    let Ok(meta) = log.status(id).await else {
+        return;
+    };
+    let ours = meta
+        .lease
+        .as_ref()
+        .is_some_and(|lease| lease.holder == holder && lease.token == meta.fence);
+    if meta.state.is_terminal() || !ours {
+        return;
+    }
+    let record = Record::Error {
+        code: "internal_error".into(),
+        message: "the gateway failed while writing this answer; it has been logged".into(),
+    };
+    if let Err(error) = log.append(id, meta.fence, vec![record]).await {
+        tracing::error!(%error, stream = %id, "could not append the error record");
+    }
+    if let Err(error) = log.finish(id, meta.fence, StreamState::Failed).await {
+        tracing::error!(%error, stream = %id, "could not fail the stream");
+    }
+}
+
 /// One delta and whatever else was ready right after it.
 struct Batch {
     deltas: Vec<Delta>,

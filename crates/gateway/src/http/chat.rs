@@ -7,6 +7,7 @@
 //! `Idempotency-Key` seen before from the same principal attaches to the stream it
 //! started instead of asking the upstream again.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,7 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use providers::ChatRequest;
 use serde_json::Value;
 use streamlog::{
@@ -175,9 +176,18 @@ pub async fn start_generation(
     // The caller's reader counts from now, so the grace cannot expire under it.
     let _guard = state.live.attach(&id);
     let registry = Arc::clone(&state.live);
+    let log = Arc::clone(&state.log);
+    let node = state.node.clone();
     let mut generation = Handoff {
         run: Some(Box::pin(async move {
-            generation.run(started_tx).await;
+            // A panic (a bug) unwinds the generation, its upstream slot with it; its
+            // stream must still end, or its readers would wait for it forever.
+            let ran = AssertUnwindSafe(generation.run(started_tx))
+                .catch_unwind()
+                .await;
+            if ran.is_err() {
+                crate::supervisor::end_after_panic(&*log, id, &node).await;
+            }
             registry.remove(&id);
         })),
         tasks: state.tasks.clone(),
@@ -207,7 +217,8 @@ pub async fn start_generation(
     };
     match started {
         Ok(result) => result,
-        Err(_) => Err(ApiError::unavailable("the answer could not be started")),
+        // Every way a generation ends says how it started, but a panic.
+        Err(error) => Err(ApiError::internal("the generation panicked", &error)),
     }
 }
 
