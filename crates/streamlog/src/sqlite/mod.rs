@@ -96,12 +96,14 @@ pub struct SqliteConfig {
     /// A batch is committed once it holds this many records (default 4096).
     pub max_batch_records: usize,
     /// How long the writer keeps gathering a batch once it has started, when the queue
-    /// runs empty (default 500 µs). Applied only when the previous batch held more than
-    /// one command, and only while commands keep arriving (a fifth of it without one ends
-    /// the wait): with many concurrent writers it turns many small commits into one large
-    /// one; a lone sequential writer never waits (its next append cannot arrive before its
-    /// current one is acknowledged), and appends that trickle in (tokens of independent
-    /// streams) wait at most a fifth of it. Zero commits as soon as the queue is empty.
+    /// runs empty, at most (default 500 µs): it waits no longer than its last `COMMIT`
+    /// took, since a longer wait costs the batch more than the commit it saves. Applied
+    /// only when the previous batch held more than one command, and only while commands
+    /// keep arriving (a fifth of it without one ends the wait): with many concurrent
+    /// writers it turns many small commits into one large one; a lone sequential writer
+    /// never waits (its next append cannot arrive before its current one is
+    /// acknowledged), and appends that trickle in (tokens of independent streams) wait at
+    /// most a commit's time. Zero commits as soon as the queue is empty.
     pub max_batch_delay: Duration,
     /// Commands queued for the writer at most; callers wait beyond (default 65,536).
     pub max_pending: usize,

@@ -1,12 +1,13 @@
 //! The single writer thread of the sqlite backend, doing group commit. Every mutation
 //! (create, append, finish, leases, idempotency keys, trim, purge) is a [`Command`] sent
-//! over a channel; the thread takes the first command, gathers every command already queued (up
-//! to `max_batch_records` records; if the previous batch held more than one command, it
-//! also waits up to `max_batch_delay` for more — concurrent writers whose appends were
-//! just acknowledged are about to send their next ones — but only while they keep
-//! coming: a gap of a fifth of that delay with none ends the wait, so appends that
-//! arrive on their own, like tokens, are not held back), applies
-//! them in one transaction and commits. Only then does it push appended records into the
+//! over a channel; the thread takes the first command and gathers every command already
+//! queued, up to `max_batch_records` records. If the previous batch held more than one
+//! command it also waits for more — concurrent writers whose appends were just
+//! acknowledged are about to send their next ones — but no longer than the last
+//! `COMMIT` took (the cost the wait can save; at most `max_batch_delay`), and only while
+//! they keep coming: a gap of a fifth of `max_batch_delay` with none ends the wait, so
+//! appends that arrive on their own, like tokens, are not held back. It applies them in
+//! one transaction and commits. Only then does it push appended records into the
 //! hot tails, publish the new heads to readers, and answer the callers — so an
 //! acknowledged append, and anything a reader sees, is committed. The thread keeps the
 //! control state (seq, lease, fence) of the streams it touched in memory, so an append
@@ -216,16 +217,20 @@ impl Writer {
         let _enter = span.enter();
         let mut batch = Vec::new();
         let mut previous = 0usize;
+        // What the last commit itself took: the cost a linger can save.
+        let mut commit_cost = Duration::ZERO;
         while let Ok(first) = rx.recv() {
             let started = Instant::now();
             // Linger for more commands only when the last batch showed concurrent
-            // writers: a lone sequential writer would just pay the delay on every append.
+            // writers (a lone sequential writer would just pay the delay on every
+            // append), and no longer than a commit takes: waiting longer to save one
+            // commit costs every command of the batch more than the commit would.
             let linger = if previous > 1 {
-                self.settings.max_batch_delay
+                self.settings.max_batch_delay.min(commit_cost)
             } else {
                 Duration::ZERO
             };
-            let gap = linger / LINGER_GAP_DIVISOR;
+            let gap = self.settings.max_batch_delay / LINGER_GAP_DIVISOR;
             let mut weight = first.op.weight();
             batch.push(first);
             while weight < self.settings.max_batch_records {
@@ -242,8 +247,10 @@ impl Writer {
             }
             let commands = batch.len();
             previous = commands;
-            self.process(&mut batch);
-            tracing::trace!(commands, records = weight, elapsed = ?started.elapsed(), "batch committed");
+            if let Some(cost) = self.process(&mut batch) {
+                commit_cost = cost;
+            }
+            tracing::trace!(commands, records = weight, elapsed = ?started.elapsed(), ?commit_cost, "batch committed");
         }
         // Dropping the heads ends every live reader with `LogError::Closed`.
         self.hot
@@ -252,15 +259,17 @@ impl Writer {
             .clear();
     }
 
-    fn process(&mut self, batch: &mut Vec<Command>) {
+    /// Apply and commit a batch, then publish it; how long its `COMMIT` took.
+    fn process(&mut self, batch: &mut Vec<Command>) -> Option<Duration> {
         let now = self.clock.now_ms();
         let mut done = Vec::with_capacity(batch.len());
         let outcome = self.apply_all(batch.drain(..), now, &mut done);
         match outcome {
-            Ok(()) => {
+            Ok(commit) => {
                 for d in done {
                     self.publish(d);
                 }
+                Some(commit)
             }
             Err(e) => {
                 tracing::error!(error = %e, "stream log batch failed; rolled back");
@@ -270,16 +279,18 @@ impl Writer {
                 for d in done {
                     fail(d, &e);
                 }
+                None
             }
         }
     }
 
+    /// Apply `commands` in one transaction; how long its `COMMIT` took.
     fn apply_all(
         &mut self,
         commands: impl Iterator<Item = Command>,
         now: u64,
         done: &mut Vec<Done>,
-    ) -> Result<(), LogError> {
+    ) -> Result<Duration, LogError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
             for cmd in commands {
@@ -287,8 +298,9 @@ impl Writer {
                 done.push(d);
             }
             self.flush_dirty()?;
+            let commit = Instant::now();
             self.conn.execute_batch("COMMIT")?;
-            Ok(())
+            Ok(commit.elapsed())
         })();
         if result.is_err() {
             // Best effort: the transaction may already be gone.
