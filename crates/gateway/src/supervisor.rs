@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use providers::{ChatRequest, Delta, DeltaStream, ProviderError};
 use streamlog::{
-    FencingToken, Lease, LogError, Record, StreamId, StreamLog, StreamMeta, StreamState,
+    FencingToken, Lease, LogError, Record, Seq, StreamId, StreamLog, StreamMeta, StreamState,
 };
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -95,6 +95,7 @@ impl Generation {
             meta: None,
             refused: None,
             appends: metrics::counter!("unbroken_appends_total"),
+            in_flight: None,
         };
         let mut renew = tokio::time::interval(LEASE_TTL / 3);
         renew.reset();
@@ -161,7 +162,9 @@ impl Generation {
                     }
                     item = deltas.next() => {
                         let Batch { deltas: batch, mut failure, ended } = Batch::collect(item, &mut deltas);
-                        if let Err(error) = writer.append(batch).await {
+                        // The first append is awaited (the request waits for it); later
+                        // ones are acknowledged while the next token is awaited.
+                        if let Err(error) = writer.append(batch, started.is_some()).await {
                             tracing::error!(%error, "append failed; stopping");
                             break 'answer Stop::Abandoned;
                         }
@@ -336,6 +339,9 @@ enum WriterLease {
     Refused,
 }
 
+/// An append on its way to the log.
+type Appending = std::pin::Pin<Box<dyn Future<Output = Result<Seq, LogError>> + Send>>;
+
 /// Turns deltas into appended records and remembers the text so far.
 struct Writer {
     log: Arc<dyn StreamLog>,
@@ -347,6 +353,8 @@ struct Writer {
     refused: Option<LogError>,
     /// Looked up once, not per append.
     appends: metrics::Counter,
+    /// The last append, sent and not yet known to be acknowledged.
+    in_flight: Option<Appending>,
     text: String,
     /// Text deltas appended (≈ tokens generated).
     pieces: u32,
@@ -375,7 +383,13 @@ impl Writer {
         }
     }
 
-    async fn append(&mut self, batch: Vec<Delta>) -> Result<(), streamlog::LogError> {
+    /// Append `batch`; with `wait`, until it is acknowledged. Otherwise the append is only
+    /// sent: its acknowledgement is looked at before the next append or the end, so a
+    /// log whose acknowledgements come from another thread (SQLite's writer) does not
+    /// wake this task for each of them. One append per stream is in flight at most, so
+    /// appends stay in order and a failure stops the stream one batch later.
+    async fn append(&mut self, batch: Vec<Delta>, wait: bool) -> Result<(), LogError> {
+        self.settle().await?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -418,10 +432,38 @@ impl Writer {
         }
         let token = self.token().await?;
         self.appends.increment(records.len() as u64);
-        self.log.append(self.id, token, records).await.map(|_| ())
+        let log = Arc::clone(&self.log);
+        let id = self.id;
+        let mut appending: Appending =
+            Box::pin(async move { log.append(id, token, records).await });
+        if wait {
+            return appending.await.map(|_| ());
+        }
+        // Polled once to send it; the waker given is nobody's, so its acknowledgement
+        // wakes nothing. (A log whose queue is full has not sent it yet: it goes when it
+        // is next looked at, with the next batch or at the end.)
+        let mut nobody = std::task::Context::from_waker(std::task::Waker::noop());
+        match appending.as_mut().poll(&mut nobody) {
+            std::task::Poll::Ready(done) => done.map(|_| ()),
+            std::task::Poll::Pending => {
+                self.in_flight = Some(appending);
+                Ok(())
+            }
+        }
+    }
+
+    /// Wait for the append in flight, if any.
+    async fn settle(&mut self) -> Result<(), LogError> {
+        match self.in_flight.take() {
+            Some(appending) => appending.await.map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     async fn end(&mut self, state: StreamState, record: Option<Record>) -> Outcome {
+        if let Err(error) = self.settle().await {
+            tracing::error!(%error, "an append failed");
+        }
         let Ok(token) = self.token().await else {
             return Outcome::Failed;
         };
