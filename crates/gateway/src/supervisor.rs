@@ -432,13 +432,13 @@ impl Writer {
         }
         let token = self.token().await?;
         self.appends.increment(records.len() as u64);
+        if wait || self.log.appends_at_once() {
+            return self.log.append(self.id, token, records).await.map(|_| ());
+        }
         let log = Arc::clone(&self.log);
         let id = self.id;
         let mut appending: Appending =
             Box::pin(async move { log.append(id, token, records).await });
-        if wait {
-            return appending.await.map(|_| ());
-        }
         // Polled once to send it; the waker given is nobody's, so its acknowledgement
         // wakes nothing. (A log whose queue is full has not sent it yet: it goes when it
         // is next looked at, with the next batch or at the end.)

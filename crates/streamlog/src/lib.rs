@@ -233,6 +233,14 @@ pub trait StreamLog: Send + Sync + 'static {
     /// # Errors
     /// Storage errors.
     fn purge_expired(&self) -> LogFuture<'_, usize>;
+
+    /// Whether [`StreamLog::append`] completes when first polled (nothing to wait for:
+    /// the memory backend), so a writer may as well await it; otherwise (sqlite: another
+    /// thread commits it) a writer may send an append and look at its acknowledgement
+    /// later. False unless a backend says so.
+    fn appends_at_once(&self) -> bool {
+        false
+    }
 }
 
 /// The retention period when none is configured: a stream is kept 24 hours after it ends.

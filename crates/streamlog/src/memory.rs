@@ -192,6 +192,10 @@ impl StreamLog for MemoryLog {
         Box::pin(std::future::ready(result))
     }
 
+    fn appends_at_once(&self) -> bool {
+        true
+    }
+
     fn finish(&self, id: StreamId, token: FencingToken, state: StreamState) -> LogFuture<'_, ()> {
         let result =
             self.with_control(id, |inner, now| inner.control.finish(id, token, state, now));
