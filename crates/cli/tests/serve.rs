@@ -182,6 +182,28 @@ async fn what_a_client_saw_survives_kill_9() {
         status["seq"].as_u64().unwrap() >= seen.len() as u64,
         "the log holds at least what was seen: {status}"
     );
+
+    // Its writer's lease has not expired, but the process holding it is gone: a cancel
+    // ends the stream at once, and a reader resuming from the last event sees why.
+    let cancelled = http()
+        .post(format!("{}/v1/streams/{stream_id}/cancel", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let cancelled: serde_json::Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let rest = http()
+        .get(format!("{}/v1/streams/{stream_id}", server.url))
+        .header("last-event-id", &ending_id)
+        .send()
+        .await
+        .unwrap();
+    let mut rest = events(rest);
+    let last = rest.next().await.expect("the cancellation");
+    let last: serde_json::Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(last["error"]["code"], "cancelled", "{last}");
+    assert!(rest.next().await.is_none(), "and nothing after it");
 }
 
 #[test]

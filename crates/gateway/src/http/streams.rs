@@ -253,25 +253,32 @@ pub async fn cancel(
         )
             .into_response());
     }
-    // Open but written by nobody here: take the lease and end it.
-    let lease = state
+    // Open but written by nobody here: take the lease and end it. A lease another node
+    // still holds is a process that is gone (one node per log, node names unique per
+    // process: see `reader_records`), so its token is nobody's now.
+    let token = match state
         .log
         .acquire_lease(meta.id, state.node.clone(), LEASE_TTL)
         .await
-        .map_err(|error| match error {
-            streamlog::LogError::LeaseHeld { .. } => {
-                ApiError::conflict("stream_busy", "the stream is being written by another node")
-            }
-            other => other.into(),
-        })?;
+    {
+        Ok(lease) => lease.token,
+        Err(streamlog::LogError::LeaseHeld { holder, .. }) if holder != state.node => meta.fence,
+        Err(streamlog::LogError::LeaseHeld { .. }) => {
+            return Err(ApiError::conflict(
+                "stream_busy",
+                "the stream's answer is starting; try again",
+            ));
+        }
+        Err(other) => return Err(other.into()),
+    };
     let record = Record::Error {
         code: "cancelled".into(),
         message: "the answer was cancelled".into(),
     };
-    state.log.append(meta.id, lease.token, vec![record]).await?;
+    state.log.append(meta.id, token, vec![record]).await?;
     state
         .log
-        .finish(meta.id, lease.token, StreamState::Cancelled)
+        .finish(meta.id, token, StreamState::Cancelled)
         .await?;
     Ok(axum::Json(
         serde_json::json!({ "id": meta.id.to_string(), "state": StreamState::Cancelled }),
