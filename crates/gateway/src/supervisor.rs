@@ -205,11 +205,9 @@ impl Generation {
                     .await
             }
             Stop::Cancelled => {
-                let record = Record::Error {
-                    code: "cancelled".into(),
-                    message: "the answer was cancelled".into(),
-                };
-                writer.end(StreamState::Cancelled, Some(record)).await
+                writer
+                    .end(StreamState::Cancelled, Some(cancellation()))
+                    .await
             }
             Stop::Failed(error) => {
                 let (record, api_error) = match &error {
@@ -267,10 +265,11 @@ pub async fn end_after_panic(log: &dyn StreamLog, id: StreamId, holder: &str) {
     let Ok(meta) = log.status(id).await else {
         return;
     };
+    // The current lease always carries the stream's fencing token.
     let ours = meta
         .lease
         .as_ref()
-        .is_some_and(|lease| lease.holder == holder && lease.token == meta.fence);
+        .is_some_and(|lease| lease.holder == holder);
     if meta.state.is_terminal() || !ours {
         return;
     }
@@ -278,11 +277,32 @@ pub async fn end_after_panic(log: &dyn StreamLog, id: StreamId, holder: &str) {
         code: "internal_error".into(),
         message: "the gateway failed while writing this answer; it has been logged".into(),
     };
-    if let Err(error) = log.append(id, meta.fence, vec![record]).await {
-        tracing::error!(%error, stream = %id, "could not append the error record");
-    }
-    if let Err(error) = log.finish(id, meta.fence, StreamState::Failed).await {
+    if let Err(error) = end_unwritten(log, id, meta.fence, record, StreamState::Failed).await {
         tracing::error!(%error, stream = %id, "could not fail the stream");
+    }
+}
+
+/// End open stream `id`, which nobody is writing, as the holder of `token`: `record`
+/// last, then `state`.
+///
+/// # Errors
+/// The log's (a stale token, a stream that ended meanwhile).
+pub async fn end_unwritten(
+    log: &dyn StreamLog,
+    id: StreamId,
+    token: FencingToken,
+    record: Record,
+    state: StreamState,
+) -> Result<(), LogError> {
+    log.append(id, token, vec![record]).await?;
+    log.finish(id, token, state).await
+}
+
+/// The last record of a cancelled answer.
+pub fn cancellation() -> Record {
+    Record::Error {
+        code: "cancelled".into(),
+        message: "the answer was cancelled".into(),
     }
 }
 

@@ -271,15 +271,14 @@ pub async fn cancel(
         }
         Err(other) => return Err(other.into()),
     };
-    let record = Record::Error {
-        code: "cancelled".into(),
-        message: "the answer was cancelled".into(),
-    };
-    state.log.append(meta.id, token, vec![record]).await?;
-    state
-        .log
-        .finish(meta.id, token, StreamState::Cancelled)
-        .await?;
+    crate::supervisor::end_unwritten(
+        &*state.log,
+        meta.id,
+        token,
+        crate::supervisor::cancellation(),
+        StreamState::Cancelled,
+    )
+    .await?;
     Ok(axum::Json(
         serde_json::json!({ "id": meta.id.to_string(), "state": StreamState::Cancelled }),
     )
