@@ -140,19 +140,21 @@ impl AppState {
         }))
     }
 
-    /// Create `new` with this node's writer lease on a task of the tracker — so it
-    /// completes even if nobody waits for it, and no stream is left half made — and
-    /// return the wait for it.
+    /// Start creating `new` with this node's writer lease and return the wait for it.
+    /// The creation is polled once here, with nobody's waker: that hands it to the log
+    /// (sqlite's writer thread commits it while the upstream is asked, whether or not
+    /// anybody waits), with no task to schedule in between; whoever awaits it later
+    /// polls it with a real waker.
     pub fn create_in_background(&self, new: streamlog::NewStream) -> Creation {
         let log = Arc::clone(&self.log);
         let holder = self.node.clone();
-        let task = self
-            .tasks
-            .spawn(async move { log.create_leased(new, holder, LEASE_TTL).await });
-        Box::pin(async move {
-            task.await
-                .unwrap_or_else(|e| Err(streamlog::LogError::Storage(e.to_string().into())))
-        })
+        let mut creation: Creation =
+            Box::pin(async move { log.create_leased(new, holder, LEASE_TTL).await });
+        let mut nobody = std::task::Context::from_waker(std::task::Waker::noop());
+        match creation.as_mut().poll(&mut nobody) {
+            std::task::Poll::Ready(done) => Box::pin(std::future::ready(done)),
+            std::task::Poll::Pending => creation,
+        }
     }
 
     /// Options of an SSE response.
