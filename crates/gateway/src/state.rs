@@ -141,19 +141,16 @@ impl AppState {
     }
 
     /// Start creating `new` with this node's writer lease and return the wait for it.
-    /// The creation is polled once here, with nobody's waker: that hands it to the log
-    /// (sqlite's writer thread commits it while the upstream is asked, whether or not
-    /// anybody waits), with no task to schedule in between; whoever awaits it later
-    /// polls it with a real waker.
+    /// The creation is sent to the log here ([`crate::supervisor::send`]), so it commits
+    /// while the upstream is asked, with no task to schedule in between.
     pub fn create_in_background(&self, new: streamlog::NewStream) -> Creation {
         let log = Arc::clone(&self.log);
         let holder = self.node.clone();
         let mut creation: Creation =
             Box::pin(async move { log.create_leased(new, holder, LEASE_TTL).await });
-        let mut nobody = std::task::Context::from_waker(std::task::Waker::noop());
-        match creation.as_mut().poll(&mut nobody) {
-            std::task::Poll::Ready(done) => Box::pin(std::future::ready(done)),
-            std::task::Poll::Pending => creation,
+        match crate::supervisor::send(&mut creation) {
+            Some(done) => Box::pin(std::future::ready(done)),
+            None => creation,
         }
     }
 

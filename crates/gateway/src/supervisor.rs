@@ -359,6 +359,18 @@ enum WriterLease {
     Refused,
 }
 
+/// Poll a log operation once with a waker that is nobody's: that hands it to the log
+/// (sqlite's writer thread then completes it whether or not anybody waits), and its
+/// completion wakes no task. Its result if it completed at once; otherwise whoever
+/// awaits it later polls it with a real waker.
+pub fn send<F: Future + Unpin>(operation: &mut F) -> Option<F::Output> {
+    let mut nobody = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(operation).poll(&mut nobody) {
+        std::task::Poll::Ready(done) => Some(done),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// An append on its way to the log.
 type Appending = std::pin::Pin<Box<dyn Future<Output = Result<Seq, LogError>> + Send>>;
 
@@ -462,10 +474,9 @@ impl Writer {
         // Polled once to send it; the waker given is nobody's, so its acknowledgement
         // wakes nothing. (A log whose queue is full has not sent it yet: it goes when it
         // is next looked at, with the next batch or at the end.)
-        let mut nobody = std::task::Context::from_waker(std::task::Waker::noop());
-        match appending.as_mut().poll(&mut nobody) {
-            std::task::Poll::Ready(done) => done.map(|_| ()),
-            std::task::Poll::Pending => {
+        match send(&mut appending) {
+            Some(done) => done.map(|_| ()),
+            None => {
                 self.in_flight = Some(appending);
                 Ok(())
             }
