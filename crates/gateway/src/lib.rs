@@ -43,6 +43,7 @@ pub use state::open_log;
 /// The gateway's routes over `state`.
 pub fn app(state: AppState) -> Router {
     http::ops::prometheus();
+    http::ops::register_metrics(&state.models);
     http::routes(state)
 }
 

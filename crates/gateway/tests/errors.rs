@@ -166,6 +166,17 @@ async fn streams_belong_to_their_principal() {
         .await
         .unwrap();
     assert_eq!(error_of(wrong).await, (401, "invalid_api_key".into()));
+    // The model list needs a key too, as OpenAI's does.
+    let models = format!("{}/v1/models", gateway.url);
+    let anonymous = http().get(&models).send().await.unwrap();
+    assert_eq!(error_of(anonymous).await, (401, "invalid_api_key".into()));
+    let listed = http()
+        .get(&models)
+        .bearer_auth("bob-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
 
     let events = Events::new(
         http()

@@ -420,24 +420,7 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
     match object.get("messages") {
         Some(Value::Array(messages)) if !messages.is_empty() => {
             for (i, message) in messages.iter().enumerate() {
-                match message.get("role") {
-                    Some(Value::String(_)) => {}
-                    _ => {
-                        return Err(field_error(
-                            &format!("messages[{i}].role"),
-                            "must be a string",
-                        ));
-                    }
-                }
-                match message.get("content") {
-                    None | Some(Value::String(_) | Value::Array(_) | Value::Null) => {}
-                    _ => {
-                        return Err(field_error(
-                            &format!("messages[{i}].content"),
-                            "must be a string or an array of content parts",
-                        ));
-                    }
-                }
+                check_message(i, message)?;
             }
         }
         Some(_) => return Err(field_error("messages", "must be a non-empty array")),
@@ -478,7 +461,7 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
         .and_then(Value::as_u64)
         .is_some_and(|n| n != 1)
     {
-        return Err(field_error("n", "only n = 1 is supported"));
+        return Err(field_error("n", "must be 1 (one choice per answer)"));
     }
     if let Some(max) = object.remove("max_completion_tokens")
         && !object.contains_key("max_tokens")
@@ -492,6 +475,50 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
         stream,
         request,
     })
+}
+
+/// The roles of Chat Completions messages.
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// One message: a known role, and content where the role needs it (an assistant's turn
+/// may carry tool calls instead).
+fn check_message(i: usize, message: &Value) -> Result<(), ApiError> {
+    let field = |name: &str| format!("messages[{i}].{name}");
+    let Value::Object(message) = message else {
+        return Err(field_error(&format!("messages[{i}]"), "must be an object"));
+    };
+    let role = match message.get("role") {
+        Some(Value::String(role)) if ROLES.contains(&role.as_str()) => role.as_str(),
+        Some(Value::String(_)) => {
+            return Err(field_error(
+                &field("role"),
+                "must be one of system, developer, user, assistant, tool, function",
+            ));
+        }
+        _ => return Err(field_error(&field("role"), "must be a string")),
+    };
+    match message.get("content") {
+        Some(Value::String(_) | Value::Array(_)) => Ok(()),
+        None | Some(Value::Null)
+            if role == "assistant"
+                && (message.contains_key("tool_calls")
+                    || message.contains_key("function_call")) =>
+        {
+            Ok(())
+        }
+        None | Some(Value::Null) => Err(field_error(&field("content"), "is required")),
+        Some(_) => Err(field_error(
+            &field("content"),
+            "must be a string or an array of content parts",
+        )),
+    }
 }
 
 fn field_error(field: &str, problem: &str) -> ApiError {
@@ -513,8 +540,14 @@ mod tests {
     }
 
     #[test]
+    fn an_assistant_turn_may_carry_tool_calls_instead_of_content() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"w","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"sunny"}]}"#;
+        assert!(parse(body).is_ok());
+    }
+
+    #[test]
     fn errors_name_the_field() {
-        let cases: [(&[u8], &str); 10] = [
+        let cases: [(&[u8], &str); 16] = [
             (b"{", "not valid JSON"),
             (b"[]", "body must be a JSON object"),
             (
@@ -545,6 +578,27 @@ mod tests {
             (
                 br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":0}"#,
                 "max_completion_tokens must be from 1",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"bogus","content":"x"}]}"#,
+                "messages[0].role must be one of",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"user"}]}"#,
+                "messages[1].content is required",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"assistant","content":null}]}"#,
+                "messages[0].content is required",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content must be a string or an array",
+            ),
+            (br#"{"model":"m","messages":["hi"]}"#, "messages[0] must be an object"),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+                "n must be 1",
             ),
         ];
         for (body, expected) in cases {

@@ -7,7 +7,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::router::Models;
 use crate::state::AppState;
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -60,8 +62,64 @@ pub async fn metrics() -> Response {
     response
 }
 
-/// `GET /v1/models`: the configured models, in OpenAI's list shape.
-pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
+/// Make every metric the operations guide lists visible from the start, at zero, with
+/// its help text: a scrape before the first request sees the series (alerts on an absent
+/// series would fire otherwise). Registering adds nothing to a value already counted.
+pub fn register_metrics(models: &Models) {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "unbroken_active_streams",
+        "generations running on this node"
+    );
+    describe_gauge!(
+        "unbroken_active_readers",
+        "readers attached to running generations"
+    );
+    describe_counter!(
+        "unbroken_appends_total",
+        "records appended to the stream log"
+    );
+    describe_counter!("unbroken_resumes_total", "GET /v1/streams/{id} resumes");
+    describe_counter!(
+        "unbroken_idempotent_replays_total",
+        "POSTs attached to an existing stream by their Idempotency-Key"
+    );
+    describe_counter!(
+        "unbroken_upstream_requests_total",
+        "upstream requests by model, provider and outcome"
+    );
+    describe_histogram!(
+        "unbroken_upstream_ttft_seconds",
+        metrics::Unit::Seconds,
+        "upstream request to first token"
+    );
+    describe_gauge!(
+        "unbroken_queue_depth",
+        "requests waiting for a target's slot"
+    );
+    metrics::gauge!("unbroken_active_streams").increment(0.0);
+    metrics::gauge!("unbroken_active_readers").increment(0.0);
+    metrics::counter!("unbroken_appends_total").increment(0);
+    metrics::counter!("unbroken_resumes_total").increment(0);
+    metrics::counter!("unbroken_idempotent_replays_total").increment(0);
+    for name in models.names() {
+        let Some(model) = models.get(name) else {
+            continue;
+        };
+        for index in 0..model.targets.len() {
+            metrics::gauge!(
+                "unbroken_queue_depth",
+                "model" => name.clone(),
+                "target" => index.to_string()
+            )
+            .increment(0.0);
+        }
+    }
+}
+
+/// `GET /v1/models`: the configured models, in OpenAI's list shape. With API keys
+/// configured it needs one, as OpenAI's does.
+pub async fn models(State(state): State<AppState>, _principal: Principal) -> impl IntoResponse {
     let data: Vec<_> = state
         .models
         .names()
@@ -91,4 +149,41 @@ pub async fn not_found() -> ApiError {
 /// A known path with a method it does not answer.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_metric_is_there_before_anything_happens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unbroken.toml");
+        std::fs::write(
+            &path,
+            "[[models]]\nname = \"sim\"\ntargets = [{ provider = \"simulator\" }, { provider = \"simulator\" }]\n",
+        )
+        .unwrap();
+        let config = crate::Config::load(Some(&path), std::iter::empty()).unwrap();
+        let log = std::sync::Arc::new(streamlog::MemoryLog::new(std::sync::Arc::new(
+            streamlog::SystemClock,
+        )));
+        let state = AppState::new(&config, log).unwrap();
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || register_metrics(&state.models));
+        let text = handle.render();
+        for series in [
+            "unbroken_active_streams 0",
+            "unbroken_active_readers 0",
+            "unbroken_appends_total 0",
+            "unbroken_resumes_total 0",
+            "unbroken_idempotent_replays_total 0",
+            "unbroken_queue_depth{model=\"sim\",target=\"0\"} 0",
+            "unbroken_queue_depth{model=\"sim\",target=\"1\"} 0",
+            "# HELP unbroken_appends_total records appended to the stream log",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
 }
