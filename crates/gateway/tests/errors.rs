@@ -131,6 +131,26 @@ async fn unknown_streams_and_bad_event_ids_are_refused() {
     assert_eq!(error_of(format).await, (400, "invalid_format".into()));
     let route = get("/v2/nothing".to_owned(), None).await.unwrap();
     assert_eq!(error_of(route).await, (404, "not_found".into()));
+    // A path or a query the extractors refuse is answered in OpenAI's shape too.
+    for path in [
+        "/v1/streams/%ff",
+        "/v1/sessions/%ff/events",
+        "/v1/tasks/%ff/events",
+    ] {
+        let response = get(path.to_owned(), None).await.unwrap();
+        assert_eq!(
+            error_of(response).await,
+            (400, "invalid_path".into()),
+            "{path}"
+        );
+    }
+    let twice = get(
+        format!("/v1/streams/{id}?last_event_id=1&last_event_id=2"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(error_of(twice).await, (400, "invalid_query".into()));
 }
 
 #[tokio::test]

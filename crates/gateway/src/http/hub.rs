@@ -12,8 +12,8 @@
 //!   snapshot, then live progress, then the terminal event.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::body;
 use crate::http::chat::body_error;
+use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::named;
 use crate::http::render::Events;
 use crate::http::sessions::records_until;
@@ -132,7 +133,7 @@ fn single_line(field: &str, value: &str) -> Result<(), ApiError> {
 pub async fn publish(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if !state.publishers.is_empty() && !state.publishers.contains(principal.as_str()) {
@@ -201,8 +202,8 @@ pub struct SubscribeQuery {
 pub async fn subscribe(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
-    Query(query): Query<SubscribeQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<SubscribeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meta = topic(&state, &name, &principal).await?;
@@ -317,7 +318,7 @@ async fn report(
 pub async fn progress(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(body, state.server.max_body_bytes)?;
@@ -339,7 +340,7 @@ pub async fn progress(
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     end_task(
@@ -357,7 +358,7 @@ pub async fn complete(
 pub async fn fail(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     end_task(
@@ -393,7 +394,7 @@ async fn end_task(
 pub async fn task_events(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meta = task(&state, &principal, &id).await?;

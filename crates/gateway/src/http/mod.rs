@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod chat;
+pub mod extract;
 pub mod hub;
 pub mod named;
 pub mod ops;

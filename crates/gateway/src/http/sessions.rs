@@ -8,8 +8,8 @@
 //! across answers with `Last-Event-ID` like any stream.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::body;
 use crate::http::chat::{Start, body_error, start_generation};
+use crate::http::extract::ApiPath;
 use crate::http::named;
 use crate::http::render::Events;
 use crate::http::streams::last_event_id;
@@ -110,7 +111,7 @@ pub async fn create(
 pub async fn show(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let meta = session(&state, &principal, &id).await?;
     let records = records_until(&state, meta.id, meta.last_seq).await?;
@@ -127,7 +128,7 @@ pub async fn show(
 pub async fn end(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let meta = session(&state, &principal, &id).await?;
     if !meta.state.is_terminal() {
@@ -163,7 +164,7 @@ async fn acquire(state: &AppState, id: StreamId) -> Result<streamlog::FencingTok
 pub async fn events(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meta = session(&state, &principal, &id).await?;
@@ -192,7 +193,7 @@ pub async fn events(
 pub async fn message(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;

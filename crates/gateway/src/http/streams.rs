@@ -9,7 +9,7 @@
 //! `interrupted` error event instead of heartbeats forever; it stays open in the log,
 //! never reported finished.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
@@ -20,6 +20,7 @@ use streamlog::{Record, RecordStream, Seq, StreamId, StreamKind, StreamMeta, Str
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::body;
+use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::render::{Events, OpenAiChunks};
 use crate::signal::Signal;
 use crate::state::AppState;
@@ -61,8 +62,8 @@ pub fn model_of(meta: &StreamMeta) -> String {
 pub async fn resume(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
-    Query(query): Query<ResumeQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meta = owned(&state, &principal, &id).await?;
@@ -236,7 +237,7 @@ pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Seq, Ap
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let meta = owned(&state, &principal, &id).await?;
     if meta.state.is_terminal() {
@@ -289,7 +290,7 @@ pub async fn cancel(
 pub async fn status(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let meta = owned(&state, &principal, &id).await?;
     let mut usage = Value::Null;
