@@ -100,6 +100,9 @@ pub struct ServerConfig {
     pub reader_grace_ms: u64,
     /// On shutdown, writers get this long to finish. Default 10 s.
     pub shutdown_grace_ms: u64,
+    /// A client has this long to send a request's headers, and again its body (408).
+    /// Default 30 s.
+    pub request_read_timeout_ms: u64,
     /// Allow listening on a non-loopback address with no API keys configured.
     pub allow_unauthenticated: bool,
     /// A session channel sends a `progress` event every this many tokens. Default 10.
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             retry_ms: 1_000,
             reader_grace_ms: 60_000,
             shutdown_grace_ms: 10_000,
+            request_read_timeout_ms: 30_000,
             allow_unauthenticated: false,
             cors_origins: Vec::new(),
             progress_every: 10,
@@ -137,6 +141,10 @@ impl ServerConfig {
     /// `shutdown_grace_ms` as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+    /// `request_read_timeout_ms` as a duration.
+    pub fn request_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_read_timeout_ms)
     }
 }
 
@@ -354,6 +362,12 @@ impl Config {
         if self.topics.retention_interval_ms == 0 {
             return Err(invalid(
                 "topics.retention_interval_ms",
+                "must be more than 0",
+            ));
+        }
+        if self.server.request_read_timeout_ms == 0 {
+            return Err(invalid(
+                "server.request_read_timeout_ms",
                 "must be more than 0",
             ));
         }

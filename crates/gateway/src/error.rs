@@ -109,6 +109,19 @@ impl ApiError {
         )
     }
 
+    /// 408: the client took too long to send its request body.
+    pub fn request_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                after.as_millis()
+            ),
+        )
+    }
+
     /// 422: an idempotency key reused with a different body.
     pub fn idempotency_mismatch() -> Self {
         Self::new(

@@ -18,6 +18,7 @@
 //! - [`writers`]: this node's leases for request-driven writes (topics, tasks).
 //! - [`error`]: [`error::ApiError`], the OpenAI-shaped error every client sees.
 
+mod accept;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -33,7 +34,6 @@ pub mod writers;
 use std::future::Future;
 
 use axum::Router;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -73,10 +73,6 @@ pub async fn run(
         tracing::info!("shutting down: draining answers in flight, closing other readers");
         token.raise();
     };
-    // Tokens are small writes that must leave at once: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let grace = state.server.shutdown_grace();
     // The grace counts from the signal, while the server drains: answers in flight keep
     // their readers until they finish or the grace ends (then those readers get an
@@ -96,22 +92,19 @@ pub async fn run(
             stopping.hard_stop.raise();
         }
     };
-    let serve = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let serve = accept::serve(
+        listener,
+        app(state.clone()),
+        state.server.request_read_timeout(),
+        signal,
+    );
     let mut drain = std::pin::pin!(drain);
     let mut serve = std::pin::pin!(serve);
-    let served = tokio::select! {
-        served = &mut serve => {
-            // It returns Ok only once the signal came: then the drain is under way.
-            if served.is_ok() {
-                (&mut drain).await;
-            }
-            served
-        }
+    tokio::select! {
+        // The server returns once the signal came: then the drain is under way.
+        () = &mut serve => (&mut drain).await,
         () = &mut drain => serve.await,
-    };
-    served?;
+    }
     // A generation a request started just before the signal, after the drain looked.
     if tokio::time::timeout(grace, state.tasks.wait())
         .await

@@ -353,3 +353,48 @@ async fn operations_endpoints_answer() {
         "{metrics}"
     );
 }
+
+/// What the gateway sends on a raw connection after `request`, until it closes it.
+async fn raw_exchange(url: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    // The bound only turns "never closes" into a failure; the close is the event awaited.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the gateway kept a stalled connection open")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn stalled_requests_are_cut_off() {
+    let gateway =
+        Gateway::start(&SIM.replace("[server]\n", "[server]\nrequest_read_timeout_ms = 300\n"))
+            .await;
+    // Nothing at all, and half a request: the connection is closed.
+    assert_eq!(raw_exchange(&gateway.url, b"").await, "");
+    let half = raw_exchange(&gateway.url, b"GET /health HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(!half.contains("200 OK"), "{half}");
+    // A body announced and not sent: 408 in OpenAI's shape.
+    let stalled = raw_exchange(
+        &gateway.url,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
+    )
+    .await;
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(stalled.contains(r#""code":"request_timeout""#), "{stalled}");
+    // A prompt request on a fresh connection is still answered.
+    let ok = http()
+        .get(format!("{}/health", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}

@@ -12,6 +12,8 @@ pub mod sessions;
 pub mod streams;
 pub mod web;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
@@ -26,6 +28,7 @@ use crate::state::AppState;
 /// Every route of the gateway.
 pub fn routes(state: AppState) -> Router {
     let limit = state.server.max_body_bytes;
+    let read_timeout = state.server.request_read_timeout();
     let router = Router::new()
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/models", get(ops::models))
@@ -57,6 +60,9 @@ pub fn routes(state: AppState) -> Router {
         .route("/sdk/sse.js", get(web::sdk_sse))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            read_body(request, next, limit, read_timeout)
+        }))
         .layer(axum::middleware::from_fn(require_json))
         .layer(DefaultBodyLimit::max(limit));
     match cors(&state.server.cors_origins) {
@@ -77,6 +83,32 @@ async fn require_json(request: Request, next: Next) -> Response {
         return ApiError::not_json().into_response();
     }
     next.run(request).await
+}
+
+/// A request's body is read whole before the handler runs, within `read_timeout` (408
+/// otherwise: a client that announces a body and then stalls would hold its connection
+/// and the handler for ever) and within `limit` bytes (413).
+async fn read_body(request: Request, next: Next, limit: usize, read_timeout: Duration) -> Response {
+    if !has_body(request.headers()) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::too_large(limit).into_response()
+            } else {
+                ApiError::bad_request("invalid_body", "the request body could not be read")
+                    .into_response()
+            };
+        }
+        Err(_) => return ApiError::request_timeout(read_timeout).into_response(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
