@@ -23,7 +23,11 @@ pub async fn serve(
     signal: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // One contiguous write per flush, as `axum::serve` did: a token's chunk header, event
+    // and CRLF are copied together (callgrind over 20 k tokens: 616 M instructions, as
+    // before, against 631 M with hyper's vectored writes).
+    http.writev(false)
+        .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     let connections = tokio_util::task::TaskTracker::new();
