@@ -188,13 +188,22 @@ async fn first_model(url: &str, api_key: Option<&str>) -> anyhow::Result<String>
     if let Some(key) = api_key {
         request = request.bearer_auth(key);
     }
-    let body = request
+    let response = request
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))?
-        .error_for_status()?
-        .bytes()
-        .await?;
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        let why =
+            unbroken_client::error::error_message(&body).unwrap_or_else(|| status.to_string());
+        let hint = if status.as_u16() == 401 && api_key.is_none() {
+            " (pass --api-key-env VAR, VAR holding the key)"
+        } else {
+            ""
+        };
+        anyhow::bail!("the gateway refused to list its models: {why}{hint}");
+    }
     let models: Value = serde_json::from_slice(&body).context("the model list is not JSON")?;
     models["data"][0]["id"]
         .as_str()

@@ -194,5 +194,26 @@ fn an_unknown_model_fails_with_a_clear_message() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("HTTP 404"));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(r#"HTTP 404: the model "nope" does not exist"#),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_gateway_that_wants_a_key_says_so() {
+    // The hash of a key nobody holds.
+    let server = serve(&format!(
+        "[[auth.keys]]\nprincipal = \"p\"\nsha256 = \"{}\"\n{MODELS}",
+        "0b3b7a3c7f5d7fb8e1b3f0f1b1b8a1d1c1e1f1a1b1c1d1e1f1a1b1c1d1e1f1a1"
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_unbroken"))
+        .args(["chat", "--url", &server.url, "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("a valid API key is required"), "{stderr}");
+    assert!(stderr.contains("--api-key-env"), "{stderr}");
 }

@@ -10,6 +10,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use serde_json::Value;
@@ -231,6 +232,7 @@ pub async fn cancel(base_url: &str, id: &str, api_key: Option<&str>) -> Result<(
         200 | 202 => Ok(()),
         status => Err(ClientError::Status {
             status,
+            message: crate::error::message_of(response, Duration::from_secs(5)).await,
             retry_after: None,
             retryable: false,
         }),

@@ -15,10 +15,12 @@ pub enum ClientError {
     #[error("no response within {0:?}")]
     ConnectTimeout(Duration),
     /// The server answered with a status other than 200 (or 204).
-    #[error("server answered HTTP {status}")]
+    #[error("server answered HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Status {
         /// The HTTP status code.
         status: u16,
+        /// The `error.message` of an OpenAI-shaped error body, when the server sent one.
+        message: Option<String>,
         /// The server's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
         /// Whether the policy lists this status as retryable.
@@ -36,6 +38,27 @@ pub enum ClientError {
     /// The server sent an event over the size limit. Permanent.
     #[error(transparent)]
     Decode(#[from] sse::DecodeError),
+}
+
+/// The `error.message` of an OpenAI-shaped error body (`{"error":{"message":…}}`).
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value["error"]["message"].as_str().map(str::to_owned)
+}
+
+/// Read an error response's body (at most 64 KiB, for at most `within`) for its message.
+pub(crate) async fn message_of(response: reqwest::Response, within: Duration) -> Option<String> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > 64 * 1024)
+    {
+        return None;
+    }
+    let body = tokio::time::timeout(within, response.bytes())
+        .await
+        .ok()?
+        .ok()?;
+    error_message(&body)
 }
 
 impl ClientError {

@@ -352,9 +352,11 @@ impl Reader {
             return Ok(None);
         }
         if status != StatusCode::OK {
+            let retry_after = retry_after(response.headers());
             return Err(ClientError::Status {
                 status: status.as_u16(),
-                retry_after: retry_after(response.headers()),
+                message: crate::error::message_of(response, timeout).await,
+                retry_after,
                 retryable: self.policy.is_retryable_status(status.as_u16()),
             });
         }

@@ -330,6 +330,31 @@ async fn client_error_status_is_permanent() {
 }
 
 #[tokio::test]
+async fn a_refusal_carries_the_servers_message() {
+    let body = r#"{"error":{"message":"the model \"nope\" does not exist","type":"invalid_request_error","code":"model_not_found"}}"#;
+    let server = Server::start(move |_, _| Reply::Raw {
+        bytes: format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+        cut: None,
+    })
+    .await;
+    let (_, _, error) =
+        collect(EventSource::new(Request::get(&server.url).unwrap(), fast_policy()).unwrap()).await;
+    let error = error.unwrap();
+    assert!(
+        matches!(&error, ClientError::Status { status: 404, message: Some(m), .. } if m == "the model \"nope\" does not exist"),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "server answered HTTP 404: the model \"nope\" does not exist"
+    );
+}
+
+#[tokio::test]
 async fn retryable_statuses_are_retried_then_succeed() {
     let server = Server::start(|n, _| match n {
         0 => Reply::Raw {
