@@ -4,7 +4,9 @@
 //!
 //! On `signal` the listener closes and every connection shuts down gracefully: a request
 //! in flight finishes (the SSE bodies end on the gateway's own shutdown signal), an idle
-//! keep-alive connection closes.
+//! keep-alive connection closes. Connections still open `grace` + [`LAST_WRITES`] after
+//! the signal (a client half-way through sending its request, say) are closed, so the
+//! shutdown is bounded by the grace, not by the slowest client.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,11 +17,19 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// Serve `app` on `listener` until `signal`, then wait for its connections to close.
+use crate::signal::Signal;
+
+/// After the shutdown grace, how long the last events (a reader's `interrupted` error)
+/// have to reach their clients before the connections are closed.
+pub const LAST_WRITES: Duration = Duration::from_secs(1);
+
+/// Serve `app` on `listener` until `signal`, then wait for its connections to close, for
+/// `grace` + [`LAST_WRITES`] at most.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     header_timeout: Duration,
+    grace: Duration,
     signal: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -31,6 +41,7 @@ pub async fn serve(
         .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     let connections = tokio_util::task::TaskTracker::new();
+    let close_all = Signal::new();
     let mut signal = std::pin::pin!(signal);
     loop {
         let tcp = tokio::select! {
@@ -52,14 +63,26 @@ pub async fn serve(
         let connection =
             http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
+        let closed = close_all.clone();
         connections.spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                }
+                () = closed.raised() => {}
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(grace + LAST_WRITES, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace; closing them");
+        close_all.raise();
+    }
     connections.close();
     connections.wait().await;
 }

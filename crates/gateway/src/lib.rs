@@ -96,6 +96,7 @@ pub async fn run(
         listener,
         app(state.clone()),
         state.server.request_read_timeout(),
+        grace,
         signal,
     );
     let mut drain = std::pin::pin!(drain);

@@ -307,6 +307,33 @@ async fn shutdown_without_grace_interrupts_readers_and_leaves_streams_open() {
 }
 
 #[tokio::test]
+async fn a_client_still_sending_its_request_does_not_hold_the_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = Gateway::start(&format!(
+        "[server]\nshutdown_grace_ms = 100\nrequest_read_timeout_ms = 600000\n{SIM}"
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(gateway.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // A body announced, asked for (100 Continue: the request is in the gateway's hands)
+    // and never sent.
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 25];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 100 Continue"), "{head:?}");
+    // The shutdown ends once the grace (and a second for the last writes) is over, not
+    // when the request's own ten-minute deadline would.
+    tokio::time::timeout(std::time::Duration::from_secs(30), gateway.shutdown())
+        .await
+        .expect("the stalled client held the shutdown");
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest).await;
+}
+
+#[tokio::test]
 async fn shutdown_lets_an_answer_in_flight_finish_within_the_grace() {
     let gateway = Gateway::start(
         "[server]\nshutdown_grace_ms = 20000\n[[models]]\nname = \"short\"\ntargets = [{ provider = \"simulator\", tokens = 20, interval_ms = 20 }]\n",
