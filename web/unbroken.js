@@ -556,7 +556,14 @@ function runChat(record, { apiKey, onToken, onState, signal, policy, storage, st
       url: `${base}/v1/chat/completions`,
       method: 'POST',
       headers: { 'Content-Type': 'application/json', 'Idempotency-Key': record.idempotencyKey, ...authHeaders(apiKey) },
-      body: JSON.stringify({ ...(record.extra || {}), model: record.model, messages: record.messages, stream: true }),
+      // The usage chunk (after the finish, `choices: []`) comes only when asked for.
+      body: JSON.stringify({
+        ...(record.extra || {}),
+        model: record.model,
+        messages: record.messages,
+        stream: true,
+        stream_options: { ...(record.extra?.stream_options || {}), include_usage: true },
+      }),
     };
   };
 

@@ -63,6 +63,28 @@ class Streaming(unittest.TestCase):
         self.assertTrue(all(ch.object == "chat.completion.chunk" for ch in chunks))
         self.assertTrue(all(ch.model == "sim" for ch in chunks))
 
+    def test_the_canonical_loop_reads_choices_0_of_every_chunk(self):
+        # OpenAI's own example: no usage chunk (with empty choices) unless asked for.
+        with client() as c:
+            stream = c.chat.completions.create(model="sim", messages=MESSAGES, stream=True)
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        self.assertEqual(len(text.split()), 24)
+
+    def test_include_usage_ends_with_the_usage_chunk_after_the_finish(self):
+        with client() as c:
+            chunks = list(
+                c.chat.completions.create(
+                    model="sim",
+                    messages=MESSAGES,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.completion_tokens, 24)
+        self.assertEqual(chunks[-2].choices[0].finish_reason, "stop")
+        self.assertEqual(len(text_of(chunks).split()), 24)
+
     def test_a_first_token_later_than_a_heartbeat_period_follows_heartbeats(self):
         # The gateway commits the response after one heartbeat period (1 s here) without a
         # token, so load balancers see bytes; the SDK must read the answer all the same.
@@ -199,7 +221,11 @@ class Resume(unittest.TestCase):
                 rest = list(sse_events(response))
             self.assertEqual(rest[-1][1], "[DONE]")
             ids = [int(i) for i, _ in rest]
-            self.assertEqual(ids, list(range(6, 6 + len(ids))), "no id missing, none twice")
+            # Tokens, then the finish two ids on (the usage record, not asked for, is not
+            # rendered), then [DONE]: none missing, none twice.
+            tokens = ids[:-2]
+            self.assertEqual(tokens, list(range(6, 6 + len(tokens))), "no token id missing")
+            self.assertEqual(ids[-2:], [tokens[-1] + 2, tokens[-1] + 3])
             chunks = [json.loads(d) for _, d in rest[:-1]]
             self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")
             resumed_text = "".join(

@@ -74,7 +74,7 @@ test('a body cut mid-answer resumes with Last-Event-ID, never re-POSTs', async (
   assert.equal(s.log.filter((x) => x.method === 'POST').length, 1);
   const post = s.log[0];
   assert.match(post.headers['idempotency-key'], /^[0-9a-f-]{36}$/);
-  assert.deepEqual(JSON.parse(post.body), { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: true });
+  assert.deepEqual(JSON.parse(post.body), { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: true, stream_options: { include_usage: true } });
   assert.equal(s.log[1].url, '/v1/streams/s1');
   assert.equal(s.log[1].headers['last-event-id'], '3');
   assert.deepEqual(states, ['connecting', 'streaming', 'reconnecting', 'streaming', 'done']);

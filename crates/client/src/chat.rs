@@ -84,6 +84,11 @@ impl Chat {
     ) -> Result<Self, ClientError> {
         let base = base_url.trim_end_matches('/').to_owned();
         body["stream"] = Value::Bool(true);
+        // The usage chunk (after the finish, `choices: []`) comes only when asked for.
+        if !body["stream_options"].is_object() {
+            body["stream_options"] = Value::Object(serde_json::Map::new());
+        }
+        body["stream_options"]["include_usage"] = Value::Bool(true);
         let payload = serde_json::to_vec(&body)
             .map_err(|e| ClientError::InvalidRequest(format!("request body: {e}")))?;
         let key = format!("chat-{:032x}", rand::random::<u128>());

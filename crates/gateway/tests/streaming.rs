@@ -28,11 +28,17 @@ async fn a_streamed_answer_is_chunks_with_ids_then_done() {
     let events = Events::new(response);
     let id = events.stream_id();
     let events = events.rest().await;
+    // The usage record (41) is not rendered unless asked for, so every chunk has a
+    // choice: code that reads `choices[0]` of each chunk works.
     assert_eq!(
         ids(&events),
-        (1..=43).collect::<Vec<_>>(),
-        "40 tokens, usage, finish, [DONE]"
+        (1..=40).chain([42, 43]).collect::<Vec<_>>(),
+        "40 tokens, finish, [DONE]"
     );
+    for event in &events[..41] {
+        let chunk: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        assert!(chunk["choices"][0].is_object(), "{}", event.data);
+    }
     assert!(
         events.iter().all(|e| e.event == "message"),
         "no named events"
@@ -41,9 +47,56 @@ async fn a_streamed_answer_is_chunks_with_ids_then_done() {
     let first: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
     assert_eq!(first["id"], format!("chatcmpl-{id}"));
     assert_eq!(first["object"], "chat.completion.chunk");
-    let finish: serde_json::Value = serde_json::from_str(&events[41].data).unwrap();
+    let finish: serde_json::Value = serde_json::from_str(&events[40].data).unwrap();
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
     assert_eq!(text_of(&events).split_whitespace().count(), 40);
+}
+
+#[tokio::test]
+async fn the_usage_chunk_follows_the_finish_when_asked_for_and_on_resume() {
+    let gateway = Gateway::start(SIM).await;
+    let mut body = chat_body("sim", true);
+    body["stream_options"] = serde_json::json!({ "include_usage": true });
+    let events = Events::new(gateway.chat(&body).await);
+    let id = events.stream_id();
+    let events = events.rest().await;
+    let tail: Vec<serde_json::Value> = events[40..42]
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    assert_eq!(tail[0]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(tail[1]["choices"], serde_json::json!([]));
+    assert_eq!(tail[1]["usage"]["completion_tokens"], 40);
+    assert_eq!(events[42].data, "[DONE]");
+    // The usage chunk has no id of its own: the finish's stays the last, so resuming
+    // from it repeats nothing.
+    assert_eq!(ids(&events)[40..], [42, 42, 43]);
+    // A resume from the last token gets the finish and the usage again (the stored
+    // request asked for it), then [DONE].
+    let resumed = Events::new(
+        http()
+            .get(format!("{}/v1/streams/{id}", gateway.url))
+            .header("last-event-id", "40")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .rest()
+    .await;
+    let data: Vec<&str> = resumed.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, [events[40].data.as_str(), &events[41].data, "[DONE]"]);
+    // A stream_options that is not an object is refused, naming it.
+    let mut bad = chat_body("sim", true);
+    bad["stream_options"] = serde_json::json!({ "include_usage": "yes" });
+    let refused = gateway.chat(&bad).await;
+    assert_eq!(refused.status(), 400);
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream_options.include_usage")
+    );
 }
 
 #[tokio::test]

@@ -37,6 +37,8 @@ pub struct ChatCall {
     pub model: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
+    /// Whether the stream ends with a usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
     /// What adapters receive.
     pub request: ChatRequest,
 }
@@ -261,7 +263,14 @@ async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<R
     let crate::http::streams::Reading { records, ends_at } =
         crate::http::streams::reader_records(state, &meta, 0).await?;
     if call.stream {
-        let render = OpenAiChunks::new(meta.id, meta.created_ms / 1000, &call.model, 0, false);
+        let render = OpenAiChunks::new(
+            meta.id,
+            meta.created_ms / 1000,
+            &call.model,
+            0,
+            false,
+            call.include_usage,
+        );
         let mut options = state.sse_options();
         options.shutdown = ends_at;
         return Ok(body::response(meta.id, records, render, options, guard));
@@ -431,7 +440,7 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
         Some(Value::Bool(stream)) => stream,
         Some(_) => return Err(field_error("stream", "must be a boolean")),
     };
-    object.remove("stream_options");
+    let include_usage = include_usage(object.remove("stream_options"))?;
     for (field, check) in [
         ("temperature", Value::is_number as fn(&Value) -> bool),
         ("top_p", Value::is_number),
@@ -473,8 +482,33 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
     Ok(ChatCall {
         model,
         stream,
+        include_usage,
         request,
     })
+}
+
+/// `stream_options.include_usage` (false when absent).
+fn include_usage(options: Option<Value>) -> Result<bool, ApiError> {
+    match options {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Object(options)) => match options.get("include_usage") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(include)) => Ok(*include),
+            Some(_) => Err(field_error(
+                "stream_options.include_usage",
+                "must be a boolean",
+            )),
+        },
+        Some(_) => Err(field_error("stream_options", "must be an object")),
+    }
+}
+
+/// `stream_options.include_usage` of a stored request body (for a resume).
+pub fn stored_include_usage(request: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(request)
+        .ok()
+        .and_then(|body| body.get("stream_options")?.get("include_usage")?.as_bool())
+        .unwrap_or(false)
 }
 
 /// The roles of Chat Completions messages.

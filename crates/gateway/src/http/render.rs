@@ -29,17 +29,25 @@ pub struct OpenAiChunks {
     finished: bool,
     /// The seq `[DONE]` carries: one past the last record.
     last_seq: Seq,
+    /// Whether the client asked for the usage chunk (`stream_options.include_usage`).
+    include_usage: bool,
+    /// The usage, held until the finish: OpenAI sends it after the finish chunk.
+    usage: Option<(u64, u64)>,
 }
 
 impl OpenAiChunks {
     /// A renderer for stream `id`; `finished_before` is true when the reader starts after
-    /// the finish record of a finished stream (it then sends only `[DONE]`).
+    /// the finish record of a finished stream (it then sends only `[DONE]`). With
+    /// `include_usage`, the usage chunk (`"choices":[]`) follows the finish chunk, as
+    /// OpenAI sends it; without, there is none, so code that reads `choices[0]` of every
+    /// chunk works.
     pub fn new(
         id: StreamId,
         created: u64,
         model: &str,
         last_seq: Seq,
         finished_before: bool,
+        include_usage: bool,
     ) -> Self {
         let mut head = Vec::with_capacity(128);
         head.extend_from_slice(b"{\"id\":\"chatcmpl-");
@@ -53,6 +61,8 @@ impl OpenAiChunks {
             head,
             finished: finished_before,
             last_seq,
+            include_usage,
+            usage: None,
         }
     }
 
@@ -125,14 +135,8 @@ impl Render for OpenAiChunks {
             Record::Usage {
                 prompt_tokens,
                 completion_tokens,
-            } => {
-                self.open(seq, out);
-                out.extend_from_slice(&self.head);
-                let _ = write!(
-                    out,
-                    "],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{completion_tokens},\"total_tokens\":{}}}}}\n\n",
-                    prompt_tokens + completion_tokens
-                );
+            } if self.include_usage => {
+                self.usage = Some((*prompt_tokens, *completion_tokens));
             }
             Record::Finish { reason } => {
                 self.open(seq, out);
@@ -141,6 +145,17 @@ impl Render for OpenAiChunks {
                 write_json(out, reason);
                 out.extend_from_slice(b"}]}\n\n");
                 self.finished = true;
+                // In the same write as the finish and without an id of its own: the
+                // finish's id covers both, so a resume never repeats the finish chunk.
+                if let Some((prompt_tokens, completion_tokens)) = self.usage.take() {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(&self.head);
+                    let _ = write!(
+                        out,
+                        "],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{completion_tokens},\"total_tokens\":{}}}}}\n\n",
+                        prompt_tokens + completion_tokens
+                    );
+                }
             }
             Record::Error { code, message } => {
                 self.open(seq, out);
@@ -152,7 +167,8 @@ impl Render for OpenAiChunks {
                 );
                 out.extend_from_slice(b"\n\n");
             }
-            // Progress and custom events have no place in a chat completion.
+            // Progress and custom events have no place in a chat completion; usage only
+            // when asked for.
             _ => {}
         }
     }
@@ -224,7 +240,7 @@ mod tests {
     #[test]
     fn openai_chunks_are_unnamed_with_ids_and_done_last() {
         let id = StreamId::new();
-        let mut render = OpenAiChunks::new(id, 7, "m\"x", 0, false);
+        let mut render = OpenAiChunks::new(id, 7, "m\"x", 0, false, true);
         let mut out = Vec::new();
         render.record(
             1,
@@ -252,26 +268,57 @@ mod tests {
         let events = decode(&out);
         assert_eq!(events.len(), 4);
         assert!(events.iter().all(|e| e.event == "message"));
+        // The usage chunk comes after the finish, as OpenAI sends it, and carries no id
+        // of its own: the finish's id (3) stays the last one, so no id repeats.
         assert_eq!(
             events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-            ["1", "2", "3", "4"]
+            ["1", "3", "3", "4"]
         );
+        assert_eq!(String::from_utf8_lossy(&out).matches("id: ").count(), 3);
         let first: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
         assert_eq!(first["id"], format!("chatcmpl-{id}"));
         assert_eq!(first["model"], "m\"x");
         assert_eq!(first["choices"][0]["delta"]["content"], "Hel\nlo");
         assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-        let usage: serde_json::Value = serde_json::from_str(&events[1].data).unwrap();
+        let finish: serde_json::Value = serde_json::from_str(&events[1].data).unwrap();
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        let usage: serde_json::Value = serde_json::from_str(&events[2].data).unwrap();
         assert_eq!(usage["usage"]["total_tokens"], 5);
         assert_eq!(usage["choices"], serde_json::json!([]));
-        let finish: serde_json::Value = serde_json::from_str(&events[2].data).unwrap();
-        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
         assert_eq!(events[3].data, "[DONE]");
     }
 
     #[test]
+    fn without_include_usage_every_chunk_has_a_choice() {
+        let mut render = OpenAiChunks::new(StreamId::new(), 0, "m", 0, false, false);
+        let mut out = Vec::new();
+        let records = [
+            Record::Text { text: "Hi".into() },
+            Record::Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            },
+            Record::Finish {
+                reason: "stop".into(),
+            },
+        ];
+        for (seq, record) in (1..).zip(&records) {
+            render.record(seq, record, &mut out);
+        }
+        render.end(&mut out);
+        let events = decode(&out);
+        assert_eq!(events.len(), 3);
+        for event in &events[..2] {
+            let chunk: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            assert!(chunk["choices"][0].is_object(), "{}", event.data);
+            assert!(chunk.get("usage").is_none());
+        }
+        assert_eq!(events[2].data, "[DONE]");
+    }
+
+    #[test]
     fn an_error_ends_without_done() {
-        let mut render = OpenAiChunks::new(StreamId::new(), 0, "m", 0, false);
+        let mut render = OpenAiChunks::new(StreamId::new(), 0, "m", 0, false, false);
         let mut out = Vec::new();
         let error = Record::Error {
             code: "upstream_interrupted".into(),
@@ -287,7 +334,7 @@ mod tests {
 
     #[test]
     fn tool_calls_render_in_openai_shape() {
-        let mut render = OpenAiChunks::new(StreamId::new(), 0, "m", 0, false);
+        let mut render = OpenAiChunks::new(StreamId::new(), 0, "m", 0, false, false);
         let mut out = Vec::new();
         let call = Record::ToolCall {
             index: 0,

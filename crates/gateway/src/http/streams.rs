@@ -108,6 +108,7 @@ pub async fn resume(
             &model_of(&meta),
             from,
             finished_before,
+            crate::http::chat::stored_include_usage(&meta.request),
         );
         body::response(meta.id, records, render, options, guard)
     } else {
