@@ -503,14 +503,6 @@ fn include_usage(options: Option<Value>) -> Result<bool, ApiError> {
     }
 }
 
-/// `stream_options.include_usage` of a stored request body (for a resume).
-pub fn stored_include_usage(request: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(request)
-        .ok()
-        .and_then(|body| body.get("stream_options")?.get("include_usage")?.as_bool())
-        .unwrap_or(false)
-}
-
 /// The roles of Chat Completions messages.
 const ROLES: [&str; 6] = [
     "system",

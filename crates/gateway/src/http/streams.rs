@@ -50,12 +50,27 @@ pub async fn owned(
     Ok(meta)
 }
 
+/// What a reader needs from a chat stream's stored request, read in one parse.
+struct Asked {
+    /// The model asked for.
+    model: String,
+    /// `stream_options.include_usage`.
+    include_usage: bool,
+}
+
+fn asked(meta: &StreamMeta) -> Asked {
+    let body = serde_json::from_slice::<Value>(&meta.request).unwrap_or_default();
+    Asked {
+        model: body["model"].as_str().unwrap_or_default().to_owned(),
+        include_usage: body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false),
+    }
+}
+
 /// The model a chat stream was asked for (from its stored request).
 pub fn model_of(meta: &StreamMeta) -> String {
-    serde_json::from_slice::<Value>(&meta.request)
-        .ok()
-        .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default()
+    asked(meta).model
 }
 
 /// `GET /v1/streams/{id}`.
@@ -102,13 +117,14 @@ pub async fn resume(
     options.shutdown = ends_at;
     Ok(if openai {
         let finished_before = meta.state == StreamState::Finished && after >= meta.last_seq;
+        let asked = asked(&meta);
         let render = OpenAiChunks::new(
             meta.id,
             meta.created_ms / 1000,
-            &model_of(&meta),
+            &asked.model,
             from,
             finished_before,
-            crate::http::chat::stored_include_usage(&meta.request),
+            asked.include_usage,
         );
         body::response(meta.id, records, render, options, guard)
     } else {
