@@ -1,47 +1,19 @@
 //! `unbroken simulate` as a fault-test upstream: the real binary, refusing on command.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test's panic is its failure report
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-/// A running `unbroken simulate` child process, killed when dropped.
-struct Simulator {
-    url: String,
-    child: Child,
-}
+use std::process::{Command, Stdio};
 
-impl Simulator {
-    fn start(args: &[&str]) -> Simulator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_unbroken"))
-            .args(["simulate", "--listen", "127.0.0.1:0", "--tokens", "3"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("simulator listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Simulator { url, child }
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn simulator(args: &[&str]) -> common::Simulator {
+    let mut all = vec!["--tokens", "3"];
+    all.extend_from_slice(args);
+    common::Simulator::start(&all)
 }
 
 #[tokio::test]
 async fn refuses_the_first_requests_with_the_status_asked_for() {
-    let simulator = Simulator::start(&[
+    let simulator = simulator(&[
         "--error-status",
         "429",
         "--error-times",
@@ -49,8 +21,7 @@ async fn refuses_the_first_requests_with_the_status_asked_for() {
         "--retry-after",
         "2",
     ]);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let http = common::http();
     let ask = || {
         http.post(format!("{}/chat/completions", simulator.url))
             .json(&serde_json::json!({

@@ -8,14 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::header;
-use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 
-use crate::config::AuthConfig;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::config::{AuthConfig, parse_sha256};
 
 /// The owner of streams: a configured key's principal name, or `anonymous`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -84,42 +79,6 @@ impl Keys {
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
-}
-
-/// 64 hex digits → 32 bytes.
-pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16);
-        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-    }
-    Some(out)
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if !state.keys.enabled() {
-            return Ok(state.anonymous.clone());
-        }
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim_start().split_once(' '))
-            // The scheme's case does not matter (RFC 9110 §11.1).
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| key.trim());
-        presented
-            .and_then(|key| state.keys.principal(key))
-            .cloned()
-            .ok_or_else(ApiError::unauthorized)
-    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,9 @@ pub struct ServerConfig {
     /// Browser origins allowed to call the API from other sites (CORS), e.g.
     /// `["https://app.example.com"]`. Empty (default): same-origin only.
     pub cors_origins: Vec<String>,
+    /// This node's id in leases. Default: kept in `<store.path>.node-id` (SQLite), so a
+    /// restarted node knows its own unfinished answers and takes them over at once.
+    pub node_id: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +128,7 @@ impl Default for ServerConfig {
             allow_unauthenticated: false,
             cors_origins: Vec::new(),
             progress_every: 10,
+            node_id: None,
         }
     }
 }
@@ -168,6 +172,17 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// How long a stream is kept after it ends, in seconds. Default 24 h.
     pub stream_ttl_s: u64,
+    /// How long a writer's lease lasts without renewal; writers renew at a third of it.
+    /// A stream whose writer's lease expired is taken over by another node (or this one).
+    /// Default 10,000 ms.
+    pub lease_ttl_ms: u64,
+}
+
+impl StoreConfig {
+    /// `lease_ttl_ms` as a duration.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
 }
 
 impl Default for StoreConfig {
@@ -176,6 +191,7 @@ impl Default for StoreConfig {
             kind: StoreKind::Sqlite,
             path: PathBuf::from("data/unbroken.db"),
             stream_ttl_s: 24 * 60 * 60,
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -371,6 +387,20 @@ impl Config {
                 "must be more than 0",
             ));
         }
+        if self.store.lease_ttl_ms < 300 {
+            return Err(invalid(
+                "store.lease_ttl_ms",
+                "must be at least 300 (writers renew at a third of it)",
+            ));
+        }
+        if let Some(id) = &self.server.node_id
+            && (id.is_empty() || id.len() > 128 || id.contains(['/', ' ']))
+        {
+            return Err(invalid(
+                "server.node_id",
+                "must be 1 to 128 characters, without '/' or spaces",
+            ));
+        }
         if self.server.heartbeat_interval_ms == 0 {
             return Err(invalid(
                 "server.heartbeat_interval_ms",
@@ -417,7 +447,7 @@ impl Config {
                     "must not be empty",
                 ));
             }
-            if crate::auth::parse_sha256(&api_key.sha256).is_none() {
+            if parse_sha256(&api_key.sha256).is_none() {
                 return Err(invalid(
                     format!("auth.keys[{k}].sha256"),
                     "must be 64 hex digits (the SHA-256 of the key)",
@@ -539,6 +569,20 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
         }
         _ => Err("empty key segment".to_owned()),
     }
+}
+
+/// 64 hex digits → 32 bytes.
+pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

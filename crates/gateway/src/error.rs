@@ -222,7 +222,29 @@ impl From<streamlog::LogError> for ApiError {
             streamlog::LogError::NotFound(_) => {
                 ApiError::not_found("stream_not_found", "no such stream")
             }
+            error @ streamlog::LogError::Storage(_) => {
+                tracing::error!(%error, "the stream log cannot be written");
+                ApiError::unavailable("the stream log cannot be written; try again later")
+            }
             other => ApiError::internal("stream log", &other),
+        }
+    }
+}
+
+impl From<crate::generation::GenerationError> for ApiError {
+    fn from(error: crate::generation::GenerationError) -> Self {
+        use crate::generation::GenerationError;
+        match error {
+            GenerationError::Busy { retry_after } => ApiError::rate_limited(
+                "model_busy",
+                "every upstream of this model is busy; try again later",
+                retry_after,
+            ),
+            GenerationError::Upstream(error) => ApiError::upstream(&error),
+            GenerationError::Log(error) => error.into(),
+            GenerationError::Stopped => ApiError::unavailable(error.to_string()),
+            GenerationError::IdempotencyMismatch => ApiError::idempotency_mismatch(),
+            GenerationError::Panicked => ApiError::internal("the generation panicked", &error),
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The server as a library: [`app`] builds the router over an [`AppState`], [`run`]
 //! serves it on a listener until a shutdown signal, then drains. A generation is a
-//! detached writer (the [`supervisor`]) into the stream log; every HTTP response is only
+//! detached writer (see [`generation`]) into the stream log; every HTTP response is only
 //! a reader that replays from `Last-Event-ID` and follows live.
 //!
 //! # Layout
@@ -10,8 +10,9 @@
 //! - [`state`]: [`AppState`], shared by handlers and supervisors, built from the config.
 //! - [`auth`]: API keys → [`auth::Principal`]; streams are bound to their principal.
 //! - [`router`]: model → targets; queues, permits, retries, fallback, peek-before-commit.
-//! - [`supervisor`]: the writer of one generation; continuation after upstream failure.
-//! - [`relay`]: copies an answer into its session channel.
+//! - [`generation`]: a generation's whole life: starting it as one detached unit, its
+//!   writer (continuation after upstream failure), the session relay, the one reader path
+//!   of answers, and takeover of answers whose writer died.
 //! - [`live`]: generations running here and their reader counts (`reader_grace`).
 //! - [`http`]: routes; `render` turns records into OpenAI chunks or generic events;
 //!   `body` is the reader cursor behind every SSE response.
@@ -22,13 +23,12 @@ mod accept;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod http;
 pub mod live;
-pub mod relay;
 pub mod router;
 pub mod signal;
 pub mod state;
-pub mod supervisor;
 pub mod writers;
 
 use std::future::Future;
@@ -68,6 +68,7 @@ pub async fn run(
         state.shutdown.raised(),
     ));
     housekeeping.spawn(http::hub::retention(state.clone(), state.shutdown.clone()));
+    housekeeping.spawn(generation::scan_periodically(state.clone()));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: draining answers in flight, closing other readers");

@@ -17,6 +17,9 @@ use streamlog::StreamId;
 pub struct Live {
     /// Cancels the generation.
     pub cancel: Signal,
+    /// Raised when the generation stopped and left its stream open (a hard shutdown, a
+    /// log that stopped taking appends): its readers here end `interrupted`.
+    pub abandoned: Signal,
     readers: AtomicUsize,
     /// Milliseconds since `epoch` when the last reader detached (or the start).
     idle_since_ms: AtomicU64,
@@ -27,6 +30,7 @@ impl Live {
     fn new() -> Self {
         Self {
             cancel: Signal::new(),
+            abandoned: Signal::new(),
             readers: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             epoch: Instant::now(),

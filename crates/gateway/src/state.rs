@@ -13,11 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Keys, Principal};
 use crate::config::{Config, ProviderKind, ServerConfig, StoreConfig, StoreKind, TargetConfig};
-use crate::http::body::Options;
 use crate::live::LiveStreams;
 use crate::router::{Limits, Model, Models, Target};
 use crate::signal::Signal;
-use crate::supervisor::{Creation, LEASE_TTL};
 
 /// Builds the provider of a `provider = "local"` target (given the target and its key
 /// path for error messages).
@@ -54,8 +52,15 @@ pub struct Shared {
     pub shutdown: Signal,
     /// Cancelled when the shutdown grace is over: writers stop where they are.
     pub hard_stop: Signal,
-    /// This node's name in leases.
+    /// This node's writer name in leases: `{node_id}/{incarnation}`, new for every
+    /// process, so a lease of the same node from before a restart is known to be dead.
     pub node: String,
+    /// This node's id, kept across restarts (see [`node_id`]).
+    pub node_id: String,
+    /// How long a writer's lease lasts without renewal (`store.lease_ttl_ms`).
+    pub lease_ttl: Duration,
+    /// Whether the log can be written (`/ready`).
+    pub health: Arc<crate::generation::LogHealth>,
     /// Leases for topic and task writes.
     pub writers: crate::writers::Writers,
     /// Principals allowed to publish to topics (empty: every principal).
@@ -121,7 +126,8 @@ impl AppState {
         models: Models,
         keys: Keys,
     ) -> Self {
-        let node = format!("node-{}-{}", std::process::id(), streamlog::StreamId::new());
+        let node_id = node_id(config);
+        let node = format!("{node_id}/{}", streamlog::StreamId::new());
         Self(Arc::new(Shared {
             server: config.server.clone(),
             log,
@@ -133,36 +139,42 @@ impl AppState {
             shutdown: Signal::new(),
             hard_stop: Signal::new(),
             node,
+            node_id,
+            lease_ttl: config.store.lease_ttl(),
+            health: Arc::default(),
             writers: crate::writers::Writers::default(),
             publishers: config.topics.publishers.iter().cloned().collect(),
             topics: config.topics.clone(),
             known_topics: std::sync::Mutex::default(),
         }))
     }
+}
 
-    /// Start creating `new` with this node's writer lease and return the wait for it.
-    /// The creation is sent to the log here ([`crate::supervisor::send`]), so it commits
-    /// while the upstream is asked, with no task to schedule in between.
-    pub fn create_in_background(&self, new: streamlog::NewStream) -> Creation {
-        let log = Arc::clone(&self.log);
-        let holder = self.node.clone();
-        let mut creation: Creation =
-            Box::pin(async move { log.create_leased(new, holder, LEASE_TTL).await });
-        match crate::supervisor::send(&mut creation) {
-            Some(done) => Box::pin(std::future::ready(done)),
-            None => creation,
-        }
+/// This node's id: `server.node_id` if set; with a SQLite store, the one kept in the file
+/// `<store.path>.node-id` (created on first start); otherwise a new one. A node that
+/// restarts with the same id takes its own unfinished answers over at once instead of
+/// waiting for their leases to expire.
+fn node_id(config: &Config) -> String {
+    if let Some(id) = &config.server.node_id {
+        return id.clone();
     }
-
-    /// Options of an SSE response.
-    pub fn sse_options(&self) -> Options {
-        Options {
-            retry_ms: self.server.retry_ms,
-            heartbeat: self.server.heartbeat_interval(),
-            shutdown: self.shutdown.clone(),
-            prelude: Vec::new(),
-        }
+    let fresh = || format!("node-{}", streamlog::StreamId::new());
+    if config.store.kind != StoreKind::Sqlite {
+        return fresh();
     }
+    let mut path = config.store.path.clone().into_os_string();
+    path.push(".node-id");
+    let path = std::path::PathBuf::from(path);
+    if let Ok(kept) = std::fs::read_to_string(&path)
+        && !kept.trim().is_empty()
+    {
+        return kept.trim().to_owned();
+    }
+    let id = fresh();
+    if let Err(error) = std::fs::write(&path, &id) {
+        tracing::warn!(%error, path = %path.display(), "cannot keep the node id; a restart will wait for this node's leases to expire");
+    }
+    id
 }
 
 fn build_provider(

@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use streamlog::{FencingToken, LogError, Record, Seq, StreamId, StreamLog, StreamState};
 
-use crate::supervisor::LEASE_TTL;
-
 type Slot = Arc<tokio::sync::Mutex<Option<FencingToken>>>;
 
 /// Leases held by this node for request-driven writes.
@@ -36,6 +34,7 @@ impl Writers {
         &self,
         log: &dyn StreamLog,
         node: &str,
+        ttl: std::time::Duration,
         id: StreamId,
         records: Vec<Record>,
         end: Option<StreamState>,
@@ -47,7 +46,7 @@ impl Writers {
             let current = match *token {
                 Some(current) => current,
                 None => {
-                    let lease = log.acquire_lease(id, node.to_owned(), LEASE_TTL).await?;
+                    let lease = log.acquire_lease(id, node.to_owned(), ttl).await?;
                     *token = Some(lease.token);
                     lease.token
                 }

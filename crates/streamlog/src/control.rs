@@ -59,17 +59,20 @@ impl Control {
         }
     }
 
-    /// Grant a lease if there is none or the current one has expired.
+    /// Grant a lease if there is none, the current one has expired, or it is held by
+    /// `replaces` (a holder known to be dead: the same node before a restart).
     pub fn acquire(
         &mut self,
         id: StreamId,
         holder: String,
         ttl_ms: u64,
         now: u64,
+        replaces: Option<&str>,
     ) -> Result<Lease, LogError> {
         self.check_open(id)?;
         if let Some(lease) = &self.lease
             && lease.expires_at_ms > now
+            && replaces != Some(lease.holder.as_str())
         {
             return Err(LogError::LeaseHeld {
                 id,

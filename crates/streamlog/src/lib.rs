@@ -163,6 +163,27 @@ pub trait StreamLog: Send + Sync + 'static {
     /// [`LogError::LeaseHeld`], [`LogError::AlreadyFinished`], [`LogError::NotFound`].
     fn acquire_lease(&self, id: StreamId, holder: String, ttl: Duration) -> LogFuture<'_, Lease>;
 
+    /// Take the writer lease for `ttl` as [`StreamLog::acquire_lease`] does, and also while
+    /// the current lease is unexpired but held by `dead`: a holder the caller knows is
+    /// gone (this node before it restarted). The token rises, so the dead holder is fenced.
+    ///
+    /// # Errors
+    /// As [`StreamLog::acquire_lease`].
+    fn take_over_lease(
+        &self,
+        id: StreamId,
+        holder: String,
+        ttl: Duration,
+        dead: String,
+    ) -> LogFuture<'_, Lease>;
+
+    /// The open streams of `kind` that hold a writer lease (expired or not), with it:
+    /// where takeover looks for writers that died.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn leased_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<(StreamId, Lease)>>;
+
     /// Extend the lease with `token` to `now + ttl`.
     ///
     /// # Errors

@@ -20,8 +20,8 @@ use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head, HeadSource, follow};
 use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::{
-    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
-    StreamState, Trim,
+    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamKind,
+    StreamMeta, StreamState, Trim,
 };
 use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
 
@@ -217,9 +217,39 @@ impl StreamLog for MemoryLog {
 
     fn acquire_lease(&self, id: StreamId, holder: String, ttl: Duration) -> LogFuture<'_, Lease> {
         let result = self.with_control(id, |inner, now| {
-            inner.control.acquire(id, holder, millis(ttl), now)
+            inner.control.acquire(id, holder, millis(ttl), now, None)
         });
         Box::pin(std::future::ready(result))
+    }
+
+    fn take_over_lease(
+        &self,
+        id: StreamId,
+        holder: String,
+        ttl: Duration,
+        dead: String,
+    ) -> LogFuture<'_, Lease> {
+        let result = self.with_control(id, |inner, now| {
+            inner
+                .control
+                .acquire(id, holder, millis(ttl), now, Some(&dead))
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn leased_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<(StreamId, Lease)>> {
+        let entries: Vec<Arc<Entry>> = lock(&self.state).streams.values().cloned().collect();
+        let mut leased = Vec::new();
+        for entry in entries {
+            let inner = lock(&entry.inner);
+            if inner.meta.kind == kind
+                && inner.control.state == StreamState::Open
+                && let Some(lease) = &inner.control.lease
+            {
+                leased.push((inner.meta.id, lease.clone()));
+            }
+        }
+        Box::pin(std::future::ready(Ok(leased)))
     }
 
     fn renew_lease(

@@ -55,6 +55,16 @@ pub struct Options {
     pub prelude: Vec<u8>,
 }
 
+/// The options of an SSE response on this gateway.
+pub fn options(state: &crate::state::AppState) -> Options {
+    Options {
+        retry_ms: state.server.retry_ms,
+        heartbeat: state.server.heartbeat_interval(),
+        shutdown: state.shutdown.clone(),
+        prelude: Vec::new(),
+    }
+}
+
 /// A `200 text/event-stream` response reading `records` through `render`.
 pub fn response<R: Render>(
     id: StreamId,

@@ -7,29 +7,23 @@
 //! `Idempotency-Key` seen before from the same principal attaches to the stream it
 //! started instead of asking the upstream again.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use providers::ChatRequest;
 use serde_json::Value;
-use streamlog::{
-    FencingToken, IdempotencyEntry, IdempotencyOutcome, NewStream, Record, StreamId, StreamKind,
-    StreamMeta, StreamState,
-};
-use tokio::sync::oneshot;
+use streamlog::{Record, StreamId, StreamMeta};
 
-use crate::auth::{Principal, sha256};
+use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::generation::{self, Begun, Start};
 use crate::http::body::{self, STREAM_ID_HEADER};
+use crate::http::extract::body_error;
 use crate::http::render::OpenAiChunks;
 use crate::state::AppState;
-use crate::supervisor::{Creation, Generation, LEASE_TTL};
 
 /// A validated request.
 pub struct ChatCall {
@@ -62,206 +56,27 @@ pub async fn create(
     if state.shutdown.is_raised() {
         return Err(ApiError::unavailable("the gateway is shutting down"));
     }
-
-    let id = StreamId::new();
-    let new = NewStream {
-        id,
-        owner: principal.as_str().to_owned(),
-        kind: StreamKind::Chat,
-        request: body.clone(),
-    };
-    let creation: Creation = match idempotency_key.clone() {
-        None => state.create_in_background(new),
-        Some(key) => {
-            // The stream exists before its key does, so a repeat always finds it; and the
-            // key is claimed before anything is asked upstream, so a repeat attaches to the
-            // first request's stream instead of paying for the answer twice.
-            let (meta, lease) = state
-                .log
-                .create_leased(new, state.node.clone(), LEASE_TTL)
-                .await?;
-            let hash = sha256(&body).to_vec();
-            let entry = IdempotencyEntry {
-                stream: id,
-                request_hash: hash.clone(),
-            };
-            let outcome = state
-                .log
-                .insert_idempotency_key(principal.as_str().to_owned(), key, entry)
-                .await?;
-            if let IdempotencyOutcome::Existing(existing) = outcome {
-                discard(&state, id, lease.token).await;
-                if existing.request_hash != hash {
-                    return Err(ApiError::idempotency_mismatch());
-                }
-                metrics::counter!("unbroken_idempotent_replays_total").increment(1);
-                let meta = state.log.status(existing.stream).await?;
-                return answer(&state, meta, &call).await;
-            }
-            Box::pin(std::future::ready(Ok((meta, lease))))
-        }
-    };
     // A stream's headers go out at its first token, or once a heartbeat period passed
     // without one (a slow first token, a queue): then heartbeats keep load balancers from
     // cutting the silent connection, and a later failure arrives as an error event.
-    let commit_after = call.stream.then(|| state.server.heartbeat_interval());
-    let generation = Start {
-        id,
-        creation,
-        model,
-        request: call.request.clone(),
-    };
-    let meta = match start_generation(&state, &principal, generation, commit_after).await {
-        Ok(meta) => meta,
-        Err(error) => {
-            if let Some(key) = idempotency_key {
-                // Nothing was produced, so nothing would be paid for twice: a retry with
-                // the same key (a 429, a 502) asks again instead of replaying the failure.
-                let principal = principal.as_str().to_owned();
-                if let Err(e) = state.log.release_idempotency_key(principal, key, id).await {
-                    tracing::warn!(error = %e, stream = %id, "could not release an idempotency key");
-                }
-            }
-            return Err(error);
-        }
-    };
-    answer(&state, meta, &call).await
-}
-
-/// A generation about to start: stream `id` (being created by `creation`) answered by
-/// `model`.
-pub struct Start {
-    /// The stream.
-    pub id: StreamId,
-    /// Its creation, under way or done.
-    pub creation: Creation,
-    /// The model serving it.
-    pub model: Arc<crate::router::Model>,
-    /// The request, as adapters receive it.
-    pub request: ChatRequest,
-}
-
-/// Start a generation and wait for its first delta ("peek before commit": a failure
-/// before it is the status the caller answers), or at most `commit_after`: then the
-/// stream is returned as it is, still waiting, and a failure will be its last record.
-/// A creation still under way commits while the upstream is asked, so the log's commit
-/// is not added to the time to the first token.
-///
-/// # Errors
-/// Why no target could start the answer, as the status a client should see; a log that
-/// refused to create the stream.
-pub async fn start_generation(
-    state: &AppState,
-    principal: &Principal,
-    start: Start,
-    commit_after: Option<std::time::Duration>,
-) -> Result<StreamMeta, ApiError> {
-    let Start {
-        id,
-        creation,
-        model,
-        request,
-    } = start;
-    let live = state.live.insert(id);
-    let generation = Generation {
-        id,
+    let start = Start {
         principal: principal.as_str().to_owned(),
         model,
-        request,
-        log: Arc::clone(&state.log),
-        creation,
-        live,
-        reader_grace: state.server.reader_grace(),
-        hard_stop: state.hard_stop.clone(),
+        request: call.request.clone(),
+        body,
+        idempotency_key,
+        commit_after: call.stream.then(|| state.server.heartbeat_interval()),
     };
-    let (started_tx, mut started_rx) = oneshot::channel();
-    // The caller's reader counts from now, so the grace cannot expire under it.
-    let _guard = state.live.attach(&id);
-    let registry = Arc::clone(&state.live);
-    let log = Arc::clone(&state.log);
-    let node = state.node.clone();
-    let mut generation = Handoff {
-        run: Some(Box::pin(async move {
-            // A panic (a bug) unwinds the generation, its upstream slot with it; its
-            // stream must still end, or its readers would wait for it forever.
-            let ran = AssertUnwindSafe(generation.run(started_tx))
-                .catch_unwind()
-                .await;
-            if ran.is_err() {
-                crate::supervisor::end_after_panic(&*log, id, &node).await;
-            }
-            registry.remove(&id);
-        })),
-        tasks: state.tasks.clone(),
-        _tracked: state.tasks.token(),
+    let meta = match generation::start(&state, start).await? {
+        Begun::New(meta) | Begun::Existing(meta) => meta,
     };
-    let deadline = async {
-        match commit_after {
-            Some(after) => tokio::time::sleep(after).await,
-            None => std::future::pending().await,
-        }
-    };
-    let started = tokio::select! {
-        biased;
-        () = generation.here() => Some((&mut started_rx).await),
-        started = &mut started_rx => Some(started),
-        () = deadline => None,
-    };
-    drop(generation);
-    let started = match started {
-        Some(started) => started,
-        // The first delta is slow: answer with the stream now, once it exists (its
-        // creation is one commit, long done unless the log is failing).
-        None => match state.log.status(id).await {
-            Ok(meta) => return Ok(meta),
-            Err(_) => started_rx.await,
-        },
-    };
-    match started {
-        Ok(result) => result,
-        // Every way a generation ends says how it started, but a panic.
-        Err(error) => Err(ApiError::internal("the generation panicked", &error)),
-    }
-}
-
-/// A generation driven by the request's own task until its first delta — so the
-/// upstream is asked at once, not after a new task is scheduled, and the first delta
-/// reaches the response without a wake-up of another task (each such hop is a wait in
-/// a run queue under load) — and by a task of its own from then on. The hand-off
-/// happens on drop, so a request dropped while waiting (its client gone) leaves the
-/// generation running detached, as every generation is. Until then the tracker counts
-/// it, so a shutdown waits for it.
-struct Handoff {
-    run: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
-    tasks: tokio_util::task::TaskTracker,
-    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
-}
-
-impl Handoff {
-    /// Drive the generation on this task; resolves if it runs to its end here.
-    async fn here(&mut self) {
-        if let Some(run) = self.run.as_mut() {
-            run.await;
-            self.run = None;
-        }
-    }
-}
-
-impl Drop for Handoff {
-    fn drop(&mut self) {
-        if let Some(run) = self.run.take()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            self.tasks.spawn(run);
-        }
-    }
+    answer(&state, meta, &call).await
 }
 
 /// Answer as a reader of `meta`'s stream from its start.
 async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<Response, ApiError> {
     let guard = state.live.attach(&meta.id);
-    let crate::http::streams::Reading { records, ends_at } =
-        crate::http::streams::reader_records(state, &meta, 0).await?;
+    let generation::Reading { records, ends_at } = generation::reader(state, &meta, 0).await?;
     if call.stream {
         let render = OpenAiChunks::new(
             meta.id,
@@ -271,7 +86,7 @@ async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<R
             false,
             call.include_usage,
         );
-        let mut options = state.sse_options();
+        let mut options = body::options(state);
         options.shutdown = ends_at;
         return Ok(body::response(meta.id, records, render, options, guard));
     }
@@ -376,23 +191,6 @@ async fn assemble(
     Ok(completion)
 }
 
-/// A stream created for a request that turned out to repeat an idempotency key: end it
-/// at once (it has no records; retention removes it).
-async fn discard(state: &AppState, id: StreamId, token: FencingToken) {
-    if let Err(error) = state.log.finish(id, token, StreamState::Cancelled).await {
-        tracing::warn!(%error, stream = %id, "could not discard a duplicate stream");
-    }
-}
-
-/// Turn the body extractor's refusal into our error shape.
-pub fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(limit)
-    } else {
-        ApiError::bad_request("invalid_body", rejection.body_text())
-    }
-}
-
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -472,12 +270,7 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
     {
         return Err(field_error("n", "must be 1 (one choice per answer)"));
     }
-    if let Some(max) = object.remove("max_completion_tokens")
-        && !object.contains_key("max_tokens")
-    {
-        object.insert("max_tokens".into(), max);
-    }
-    let request: ChatRequest = serde_json::from_value(Value::Object(object))
+    let request = generation::adapter_request(object)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
     Ok(ChatCall {
         model,

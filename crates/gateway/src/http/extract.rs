@@ -1,12 +1,18 @@
 //! Path and query extractors whose refusals are OpenAI-shaped errors (axum's own answer
-//! a plain-text 400, e.g. for a stream id that is not UTF-8 or a repeated query field).
+//! a plain-text 400, e.g. for a stream id that is not UTF-8 or a repeated query field),
+//! and the [`Principal`] of a request from its `Authorization` header.
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use streamlog::Seq;
+
+use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// [`Path`], refusing with 400 `invalid_path`.
 pub struct ApiPath<T>(pub T);
@@ -39,5 +45,54 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
                 rejection.body_text(),
             )),
         }
+    }
+}
+
+/// The caller: the principal of the bearer key presented, or `anonymous` when no keys are
+/// configured; 401 otherwise.
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !state.keys.enabled() {
+            return Ok(state.anonymous.clone());
+        }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_start().split_once(' '))
+            // The scheme's case does not matter (RFC 9110 §11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
+        presented
+            .and_then(|key| state.keys.principal(key))
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// `Last-Event-ID` from the header or the query; absent means 0 (from the start).
+pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Seq, ApiError> {
+    let header = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    match header.or(query) {
+        None | Some("") => Ok(0),
+        Some(text) => text.trim().parse::<Seq>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                "Last-Event-ID must be an event id this stream sent (a decimal number)",
+            )
+        }),
+    }
+}
+
+/// Turn the body extractor's refusal into our error shape.
+pub fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::bad_request("invalid_body", rejection.body_text())
     }
 }

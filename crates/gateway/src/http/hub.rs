@@ -24,12 +24,9 @@ use streamlog::{LogError, NewStream, Record, StreamId, StreamKind, StreamMeta, S
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::body;
-use crate::http::chat::body_error;
-use crate::http::extract::{ApiPath, ApiQuery};
+use crate::http::extract::{ApiPath, ApiQuery, body_error, last_event_id};
 use crate::http::named;
 use crate::http::render::Events;
-use crate::http::sessions::records_until;
-use crate::http::streams::last_event_id;
 use crate::state::AppState;
 
 fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
@@ -181,7 +178,14 @@ pub async fn publish(
     let meta = topic(&state, &name, &principal).await?;
     let last = state
         .writers
-        .append(state.log.as_ref(), &state.node, meta.id, records, None)
+        .append(
+            state.log.as_ref(),
+            &state.node,
+            state.lease_ttl,
+            meta.id,
+            records,
+            None,
+        )
         .await
         .map_err(write_error)?;
     let first = last + 1 - count;
@@ -233,7 +237,7 @@ pub async fn subscribe(
         meta.id,
         records,
         Events,
-        state.sse_options(),
+        body::options(&state),
         guard,
     ))
 }
@@ -308,7 +312,14 @@ async fn report(
     }
     let seq = state
         .writers
-        .append(state.log.as_ref(), &state.node, meta.id, vec![record], end)
+        .append(
+            state.log.as_ref(),
+            &state.node,
+            state.lease_ttl,
+            meta.id,
+            vec![record],
+            end,
+        )
         .await
         .map_err(write_error)?;
     Ok(Json(json!({ "taskId": id, "id": seq.to_string() })).into_response())
@@ -398,7 +409,7 @@ pub async fn task_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meta = task(&state, &principal, &id).await?;
-    let records = records_until(&state, meta.id, meta.last_seq).await?;
+    let records = crate::generation::records_until(&*state.log, meta.id, meta.last_seq).await?;
     let total = serde_json::from_slice::<Value>(&meta.request)
         .ok()
         .and_then(|request| request.get("total").cloned())
@@ -435,7 +446,7 @@ pub async fn task_events(
     if meta.state.is_terminal() && after == meta.last_seq {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let mut options = state.sse_options();
+    let mut options = body::options(&state);
     let _ = sse::write_event(
         &mut options.prelude,
         Some("task_status"),

@@ -35,10 +35,45 @@ pub async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `GET /ready`: the stream log answers.
+/// A write to the log while it is known to be failing: a throwaway stream, created and
+/// ended (retention removes it). True, and the log counts as healthy again, if it took.
+async fn probe_write(state: &AppState) -> bool {
+    let new = streamlog::NewStream {
+        id: streamlog::StreamId::new(),
+        owner: String::new(),
+        kind: streamlog::StreamKind::Task,
+        request: bytes::Bytes::new(),
+    };
+    let written = async {
+        let (meta, lease) = state
+            .log
+            .create_leased(new, state.node.clone(), state.lease_ttl)
+            .await?;
+        state
+            .log
+            .finish(meta.id, lease.token, streamlog::StreamState::Cancelled)
+            .await
+    };
+    match written.await {
+        Ok(()) => {
+            state.health.succeeded();
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the stream log still cannot be written");
+            false
+        }
+    }
+}
+
+/// `GET /ready`: the stream log answers, and takes writes (while writes are known to
+/// fail, each call tries one).
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.shutdown.is_raised() {
         return ApiError::unavailable("shutting down").into_response();
+    }
+    if state.health.is_failing() && !probe_write(&state).await {
+        return ApiError::unavailable("the stream log cannot be written").into_response();
     }
     // A status query of an id that cannot exist exercises the store end to end.
     match state.log.status(streamlog::StreamId::with_millis(0)).await {

@@ -13,22 +13,17 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use providers::ChatRequest;
 use serde_json::{Map, Value, json};
-use streamlog::{LogError, NewStream, Record, Seq, StreamId, StreamKind, StreamMeta, StreamState};
+use streamlog::{LogError, Record, Seq, StreamId, StreamKind, StreamMeta, StreamState};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::generation::{self, Begun, Relay, Start};
 use crate::http::body;
-use crate::http::chat::{Start, body_error, start_generation};
-use crate::http::extract::ApiPath;
+use crate::http::extract::{ApiPath, body_error, last_event_id};
 use crate::http::named;
 use crate::http::render::Events;
-use crate::http::streams::last_event_id;
-use crate::relay::Relay;
 use crate::state::AppState;
-use crate::supervisor::LEASE_TTL;
 
 fn namespace(principal: &Principal) -> String {
     format!("session:{}", principal.as_str())
@@ -61,24 +56,8 @@ async fn session(
 }
 
 /// Every record of a stream up to its current end (never follows live).
-pub async fn records_until(
-    state: &AppState,
-    id: StreamId,
-    last: Seq,
-) -> Result<Vec<Record>, ApiError> {
-    let mut out = Vec::new();
-    if last == 0 {
-        return Ok(out);
-    }
-    let mut records = state.log.read(id, 0).await?;
-    while let Some(item) = records.next().await {
-        let (seq, record) = item?;
-        out.push(record);
-        if seq >= last {
-            break;
-        }
-    }
-    Ok(out)
+async fn records_until(state: &AppState, id: StreamId, last: Seq) -> Result<Vec<Record>, ApiError> {
+    Ok(crate::generation::records_until(&*state.log, id, last).await?)
 }
 
 /// The conversation so far, as chat messages.
@@ -144,7 +123,7 @@ pub async fn end(
 async fn acquire(state: &AppState, id: StreamId) -> Result<streamlog::FencingToken, ApiError> {
     match state
         .log
-        .acquire_lease(id, state.node.clone(), LEASE_TTL)
+        .acquire_lease(id, state.node.clone(), state.lease_ttl)
         .await
     {
         Ok(lease) => Ok(lease.token),
@@ -182,7 +161,7 @@ pub async fn events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let records = state.log.read(meta.id, after).await?;
-    let mut options = state.sse_options();
+    let mut options = body::options(&state);
     let connected = json!({ "sessionId": id }).to_string();
     let _ = sse::write_event(&mut options.prelude, Some("connected"), None, &connected);
     let guard = state.live.attach(&meta.id);
@@ -245,24 +224,19 @@ pub async fn message(
         request_json.insert("model".into(), Value::String(model_name.clone()));
         request_json.insert("messages".into(), Value::Array(messages));
         request_json.extend(fields);
-        let request: ChatRequest = serde_json::from_value(Value::Object(request_json.clone()))
+        let request = generation::adapter_request(request_json.clone())
             .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
-        let new = NewStream {
-            id: StreamId::new(),
-            owner: principal.as_str().to_owned(),
-            kind: StreamKind::Chat,
-            request: Bytes::from(Value::Object(request_json).to_string()),
-        };
-        let id = new.id;
-        let creation = state.create_in_background(new);
         let start = Start {
-            id,
-            creation,
+            principal: principal.as_str().to_owned(),
             model,
             request,
+            body: Bytes::from(Value::Object(request_json).to_string()),
+            idempotency_key: None,
+            commit_after: None,
         };
-        let answer = start_generation(&state, &principal, start, None).await?;
-        Ok::<_, ApiError>(answer.id)
+        match generation::start(&state, start).await? {
+            Begun::New(answer) | Begun::Existing(answer) => Ok::<_, ApiError>(answer.id),
+        }
     };
     let answer = match started.await {
         Ok(answer) => answer,
@@ -290,6 +264,8 @@ pub async fn message(
         answer,
         progress_every: state.server.progress_every,
         hard_stop: state.hard_stop.clone(),
+        lease_ttl: state.lease_ttl,
+        resume: Default::default(),
     };
     let guard = state.live.attach(&answer);
     state.tasks.spawn(async move {

@@ -60,8 +60,8 @@ use crate::cursor::{Head, HeadSource, follow};
 use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::{
-    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamMeta,
-    StreamState, Trim,
+    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamKind,
+    StreamMeta, StreamState, Trim,
 };
 use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
 
@@ -374,8 +374,32 @@ impl StreamLog for SqliteLog {
             id,
             holder,
             ttl_ms: millis(ttl),
+            replaces: None,
             reply,
         }))
+    }
+
+    fn take_over_lease(
+        &self,
+        id: StreamId,
+        holder: String,
+        ttl: Duration,
+        dead: String,
+    ) -> LogFuture<'_, Lease> {
+        Box::pin(self.call(move |reply| Op::Acquire {
+            id,
+            holder,
+            ttl_ms: millis(ttl),
+            replaces: Some(dead),
+            reply,
+        }))
+    }
+
+    fn leased_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<(StreamId, Lease)>> {
+        Box::pin(
+            self.pool
+                .run(move |conn| schema::leased_streams(conn, kind)),
+        )
     }
 
     fn renew_lease(

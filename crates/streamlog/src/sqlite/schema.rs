@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS streams (
     fence INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS streams_ended ON streams(updated_ms) WHERE state != 0;
+CREATE INDEX IF NOT EXISTS streams_leased ON streams(kind)
+    WHERE state = 0 AND lease_holder IS NOT NULL;
 CREATE TABLE IF NOT EXISTS records (
     rid INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -210,6 +212,37 @@ pub(crate) fn load_meta(conn: &Connection, id: StreamId) -> Result<StreamMeta, L
         lease: control.lease,
         fence: control.fence,
     })
+}
+
+/// The open streams of `kind` that hold a lease, with it (takeover's scan).
+pub(crate) fn leased_streams(
+    conn: &Connection,
+    kind: StreamKind,
+) -> Result<Vec<(StreamId, Lease)>, LogError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, lease_holder, lease_token, lease_expires_ms FROM streams
+         WHERE kind = ?1 AND state = 0 AND lease_holder IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([kind.to_i64()], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut leased = Vec::new();
+    for row in rows {
+        let (id, holder, token, expires) = row?;
+        let id = id.parse().map_err(|_| corrupt("id"))?;
+        let lease = Lease {
+            holder,
+            token: to_u64(token),
+            expires_at_ms: to_u64(expires),
+        };
+        leased.push((id, lease));
+    }
+    Ok(leased)
 }
 
 /// Write a stream's control state back.

@@ -80,6 +80,8 @@ pub(crate) enum Op {
         id: StreamId,
         holder: String,
         ttl_ms: u64,
+        /// A dead holder whose unexpired lease may be taken.
+        replaces: Option<String>,
         reply: Reply<Lease>,
     },
     Renew {
@@ -383,7 +385,7 @@ impl Writer {
             } => {
                 let r = match self.create(new, now)? {
                     Ok((rid, mut meta)) => self
-                        .change(meta.id, |c| c.acquire(meta.id, holder, ttl_ms, now))?
+                        .change(meta.id, |c| c.acquire(meta.id, holder, ttl_ms, now, None))?
                         .map(|lease| {
                             meta.fence = lease.token;
                             meta.updated_ms = now;
@@ -439,10 +441,13 @@ impl Writer {
                 id,
                 holder,
                 ttl_ms,
+                replaces,
                 reply,
             } => Done::Lease(
                 reply,
-                self.change(id, |c| c.acquire(id, holder, ttl_ms, now))?,
+                self.change(id, |c| {
+                    c.acquire(id, holder, ttl_ms, now, replaces.as_deref())
+                })?,
             ),
             Op::Renew {
                 id,

@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
             handover_under_concurrent_appends,
             finish_and_cancel_end_readers,
             leases_fencing_and_expiry,
+            takeover_of_dead_holders,
             create_leased_is_create_then_acquire,
             idempotency_keys,
             retention,
@@ -364,6 +365,108 @@ pub async fn leases_fencing_and_expiry<B: Backend>(backend: B) {
         winners += usize::from(ok.unwrap());
     }
     assert_eq!(winners, 1);
+}
+
+/// Taking a lease from a holder known to be dead, and listing leased open streams.
+pub async fn takeover_of_dead_holders<B: Backend>(backend: B) {
+    let log = backend.open();
+    let clock = Arc::clone(backend.clock());
+    let dead = log.create_leased(
+        NewStream {
+            id: StreamId::new(),
+            owner: "alice".into(),
+            kind: StreamKind::Chat,
+            request: Bytes::from_static(br#"{"model":"m"}"#),
+        },
+        "node/1".into(),
+        LEASE,
+    );
+    let (dead, old) = dead.await.unwrap();
+    let idle = new_stream(&*log).await; // open, no lease: not listed
+    let (ended, token) = writable(&*log).await;
+    log.finish(ended, token, StreamState::Finished)
+        .await
+        .unwrap();
+    let session = log
+        .create_leased(
+            NewStream {
+                id: StreamId::new(),
+                owner: "alice".into(),
+                kind: StreamKind::Session,
+                request: Bytes::new(),
+            },
+            "node/1".into(),
+            LEASE,
+        )
+        .await
+        .unwrap()
+        .0;
+
+    let chats = log.leased_streams(StreamKind::Chat).await.unwrap();
+    assert_eq!(
+        chats,
+        vec![(dead.id, old.clone())],
+        "idle {idle}, ended {ended}"
+    );
+    let sessions = log.leased_streams(StreamKind::Session).await.unwrap();
+    assert_eq!(
+        sessions.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [session.id]
+    );
+    assert!(
+        log.leased_streams(StreamKind::Topic)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // An unexpired lease is taken only from the holder named as dead.
+    let err = log
+        .take_over_lease(dead.id, "node/2".into(), LEASE, "other/1".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::LeaseHeld { .. }), "{err:?}");
+    let new = log
+        .take_over_lease(dead.id, "node/2".into(), LEASE, "node/1".into())
+        .await
+        .unwrap();
+    assert!(new.token > old.token);
+    assert_eq!(new.holder, "node/2");
+    let err = log
+        .append(dead.id, old.token, vec![text(0, 1)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::StaleToken { .. }), "{err:?}");
+    assert_eq!(
+        log.append(dead.id, new.token, vec![text(0, 1)])
+            .await
+            .unwrap(),
+        1
+    );
+    // The new holder is alive: naming the old one does not take it.
+    let err = log
+        .take_over_lease(dead.id, "node/3".into(), LEASE, "node/1".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LogError::LeaseHeld { .. }), "{err:?}");
+    // Once expired, anyone may take it, as with acquire.
+    clock.advance(LEASE);
+    let last = log
+        .take_over_lease(dead.id, "node/3".into(), LEASE, "nobody".into())
+        .await
+        .unwrap();
+    assert!(last.token > new.token);
+    let listed = log.leased_streams(StreamKind::Chat).await.unwrap();
+    assert_eq!(listed, vec![(dead.id, last.clone())]);
+    log.finish(dead.id, last.token, StreamState::Finished)
+        .await
+        .unwrap();
+    assert!(
+        log.leased_streams(StreamKind::Chat)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn clock_now(clock: &ManualClock) -> u64 {

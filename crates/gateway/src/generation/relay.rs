@@ -6,6 +6,11 @@
 //! a second message during an answer a 409 — and turns the answer's records into session
 //! events: `token` {token, count}, `progress` {tokens} every `progress_every` tokens,
 //! then `complete` {response, tokenCount, usage, finishReason} or `error` {message, code}.
+//!
+//! It reads the answer through [`super::watched`], so an answer whose writer is gone for
+//! good ends the relay with an `error` event instead of holding the session (and
+//! answering 409 to its next message) for ever. A relay whose node died is resumed by the
+//! takeover scan: it skips the answer's text already relayed ([`Relay::resume`]).
 
 use std::sync::Arc;
 
@@ -15,7 +20,6 @@ use streamlog::{FencingToken, Record, StreamId, StreamLog};
 use tracing::Instrument;
 
 use crate::signal::Signal;
-use crate::supervisor::LEASE_TTL;
 
 /// Records copied in one append at most.
 const MAX_BATCH: usize = 64;
@@ -34,13 +38,38 @@ pub struct Relay {
     pub progress_every: u32,
     /// Stop now (shutdown grace over); the lease then expires by itself.
     pub hard_stop: Signal,
+    /// How long the session's lease lasts; renewed at a third of it.
+    pub lease_ttl: std::time::Duration,
+    /// What an earlier relay of this answer already copied.
+    pub resume: Tally,
 }
 
-#[derive(Default)]
-struct Tally {
-    count: u64,
-    response: String,
+/// The answer relayed so far.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Text records relayed (`token` events).
+    pub count: u64,
+    /// Their text.
+    pub response: String,
     usage: Value,
+}
+
+impl Relay {
+    /// What the session's records after the answer's `start` event say was relayed.
+    pub fn resume(after_start: &[Record]) -> Tally {
+        let mut tally = Tally::default();
+        for record in after_start {
+            if let Record::Custom { event, data } = record
+                && event == "token"
+            {
+                tally.count += 1;
+                tally
+                    .response
+                    .push_str(data["token"].as_str().unwrap_or_default());
+            }
+        }
+        tally
+    }
 }
 
 impl Relay {
@@ -50,24 +79,33 @@ impl Relay {
         self.run_inner().instrument(span).await;
     }
 
-    async fn run_inner(self) {
-        let mut records = match self.log.read(self.answer, 0).await {
+    async fn run_inner(mut self) {
+        let records = match self.log.read(self.answer, 0).await {
             Ok(records) => records,
             Err(error) => {
                 tracing::error!(%error, "cannot read the answer");
                 return;
             }
         };
-        let mut renew = tokio::time::interval(LEASE_TTL / 3);
+        let mut records = super::watched(
+            Arc::clone(&self.log),
+            records,
+            self.answer,
+            0,
+            self.lease_ttl,
+        );
+        let mut renew = tokio::time::interval(self.lease_ttl / 3);
         renew.reset();
-        let mut tally = Tally::default();
+        let mut tally = std::mem::take(&mut self.resume);
+        // Text records an earlier relay copied already.
+        let mut skip = tally.count;
         let mut ended = false;
         while !ended {
             tokio::select! {
                 biased;
                 () = self.hard_stop.raised() => return,
                 _ = renew.tick() => {
-                    if let Err(error) = self.log.renew_lease(self.session, self.token, LEASE_TTL).await {
+                    if let Err(error) = self.log.renew_lease(self.session, self.token, self.lease_ttl).await {
                         tracing::warn!(%error, "session lease lost");
                         return;
                     }
@@ -77,6 +115,7 @@ impl Relay {
                     let mut item = item;
                     loop {
                         match item {
+                            Some(Ok((_, Record::Text { .. }))) if skip > 0 => skip -= 1,
                             Some(Ok((_, record))) => {
                                 ended |= self.translate(&record, &mut tally, &mut out);
                             }
@@ -84,8 +123,9 @@ impl Relay {
                                 tracing::warn!(%error, "answer reader failed");
                                 return;
                             }
-                            // Ended without a finish or an error: the writer was stopped
-                            // by a shutdown; leave the session to its lease's expiry.
+                            // Ended without a finish or an error: the stream was read
+                            // to its end by a reader that gave up; leave the session to
+                            // its lease's expiry and a takeover.
                             None => return,
                         }
                         if ended || out.len() >= MAX_BATCH {

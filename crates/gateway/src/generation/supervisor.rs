@@ -7,8 +7,10 @@
 //! will read the answer, so stop paying for it). When the upstream fails after tokens
 //! were streamed, it continues the answer on the next target that supports prefill,
 //! appending only the new text; if none can, the stream ends with an error record —
-//! never a fake normal finish. On a hard shutdown it stops without finishing, so the
-//! stream stays open (unfinished) for a later takeover.
+//! never a fake normal finish. After a tool-call record an answer is never continued (a
+//! continuation would generate the call again): it fails `interrupted`. On a hard
+//! shutdown, or when the log stops taking its appends, it stops without finishing, so
+//! the stream stays open for a takeover (this node's scan or another node's).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +23,10 @@ use streamlog::{
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use super::{Begun, GenerationError, LogHealth};
 use crate::live::Live;
 use crate::router::{Model, StartError, Started};
 use crate::signal::Signal;
-
-/// How long a writer's lease lasts; it is renewed at a third of this.
-pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// Deltas appended in one batch at most.
 const MAX_BATCH: usize = 64;
@@ -52,8 +51,28 @@ pub struct Generation {
     pub live: Arc<Live>,
     /// How long a generation may go unread.
     pub reader_grace: Duration,
+    /// How long the writer's lease lasts; it is renewed at a third of this.
+    pub lease_ttl: Duration,
     /// Cancelled when the gateway must stop writing now (shutdown grace over).
     pub hard_stop: Signal,
+    /// Told of the log's write failures and successes.
+    pub health: Arc<LogHealth>,
+    /// The request's idempotency key: released if the answer fails before its first
+    /// token (nothing was produced, so a retry may ask again).
+    pub idempotency_key: Option<String>,
+    /// The answer so far, when this writer takes a stream over.
+    pub resume: Resume,
+}
+
+/// The answer a taken-over stream holds already: its writer continues after it.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// The text streamed so far.
+    pub text: String,
+    /// Text records so far (≈ tokens generated).
+    pub pieces: u32,
+    /// Whether this is a takeover (then a missing continuation fails `interrupted`).
+    pub takeover: bool,
 }
 
 /// The stream being created with the writer's lease (see
@@ -70,34 +89,46 @@ pub enum Outcome {
     Failed,
     /// Cancelled (stop button or no reader).
     Cancelled,
-    /// Stopped by shutdown before the end: the stream stays open.
+    /// Stopped before the end (shutdown, a log that stopped taking appends): the stream
+    /// stays open for a takeover.
     Abandoned,
+    /// Another writer took the stream over (this one's token went stale).
+    Fenced,
 }
+
+type StartedTx = oneshot::Sender<Result<Begun, GenerationError>>;
 
 impl Generation {
     /// Run to the end. `started` learns the stream once the first delta is appended
     /// (`Ok`), or why no target could start the answer (`Err`, with the stream already
     /// failed, or never created if the log refused it).
-    pub async fn run(self, started: oneshot::Sender<Result<StreamMeta, ApiError>>) -> Outcome {
+    pub async fn run(self, started: StartedTx) -> Outcome {
         let span = tracing::info_span!("supervisor", stream = %self.id, principal = %self.principal, model = %self.model.name);
         self.run_inner(started).instrument(span).await
     }
 
-    async fn run_inner(self, started: oneshot::Sender<Result<StreamMeta, ApiError>>) -> Outcome {
+    async fn run_inner(mut self, started: StartedTx) -> Outcome {
         let mut started = Some(started);
+        let resume = std::mem::take(&mut self.resume);
+        let creation: Creation = std::mem::replace(
+            &mut self.creation,
+            Box::pin(std::future::ready(Err(LogError::Closed))),
+        );
         let mut writer = Writer {
             log: Arc::clone(&self.log),
             id: self.id,
-            lease: WriterLease::Pending(self.creation),
-            text: String::new(),
-            pieces: 0,
+            lease: WriterLease::Pending(creation),
+            text: resume.text,
+            pieces: resume.pieces,
+            tool_called: false,
             finished: None,
             meta: None,
             refused: None,
             appends: metrics::counter!("unbroken_appends_total"),
             in_flight: None,
+            health: Arc::clone(&self.health),
         };
-        let mut renew = tokio::time::interval(LEASE_TTL / 3);
+        let mut renew = tokio::time::interval(self.lease_ttl / 3);
         renew.reset();
         let mut grace =
             tokio::time::interval((self.reader_grace / 4).max(Duration::from_millis(5)));
@@ -107,7 +138,8 @@ impl Generation {
         let mut hard_stop = std::pin::pin!(self.hard_stop.raised());
         let mut cancelled = std::pin::pin!(self.live.cancel.raised());
         let mut next_target = 0;
-        let mut prefill_only = false;
+        // A taken-over answer with text so far continues only where a target can.
+        let mut prefill_only = !writer.text.is_empty();
         let mut interrupted: Option<ProviderError> = None;
         let outcome = 'answer: loop {
             let mut request = self.request.clone();
@@ -130,6 +162,15 @@ impl Generation {
                 target,
             } = match begun {
                 Ok(started) => started,
+                // A taken-over answer that no target can continue says where it was cut.
+                Err(_) if resume.takeover && prefill_only => {
+                    break 'answer Stop::Interrupted(format!(
+                        "the answer was cut after {} characters when the gateway writing it \
+                         stopped, and no target of model {} can continue it",
+                        writer.text.chars().count(),
+                        self.model.name
+                    ));
+                }
                 // A continuation that found no taker reports what broke the answer.
                 Err(error) => {
                     break 'answer Stop::Failed(match interrupted.take() {
@@ -146,12 +187,21 @@ impl Generation {
                     () = &mut cancelled => break 'answer Stop::Cancelled,
                     _ = renew.tick() => {
                         let renewed = match writer.token().await {
-                            Ok(token) => self.log.renew_lease(self.id, token, LEASE_TTL).await.map(|_| ()),
+                            Ok(token) => self.log.renew_lease(self.id, token, self.lease_ttl).await.map(|_| ()),
                             Err(error) => Err(error),
                         };
-                        if let Err(error) = renewed {
-                            tracing::warn!(%error, "lease lost; stopping");
-                            break 'answer Stop::Abandoned;
+                        match renewed {
+                            Ok(()) => self.health.succeeded(),
+                            // A storage failure is tried again at the next tick: two more
+                            // before the lease runs out.
+                            Err(error) if error.is_retryable() => {
+                                tracing::warn!(%error, "cannot renew the lease; trying again");
+                                self.health.failed(&error);
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "lease lost; stopping");
+                                break 'answer Stop::Lost(error);
+                            }
                         }
                     }
                     _ = grace.tick() => {
@@ -166,15 +216,15 @@ impl Generation {
                         // ones are acknowledged while the next token is awaited.
                         if let Err(error) = writer.append(batch, started.is_some()).await {
                             tracing::error!(%error, "append failed; stopping");
-                            break 'answer Stop::Abandoned;
+                            break 'answer Stop::Lost(error);
                         }
                         if started.is_some() {
                             // The first delta: the request learns its (created) stream.
-                            if writer.token().await.is_err() {
-                                break 'answer Stop::Abandoned;
+                            if let Err(error) = writer.token().await {
+                                break 'answer Stop::Lost(error);
                             }
                             if let (Some(meta), Some(tx)) = (writer.meta.take(), started.take()) {
-                                let _ = tx.send(Ok(meta));
+                                let _ = tx.send(Ok(Begun::New(meta)));
                             }
                         }
                         if ended || failure.is_some() {
@@ -188,6 +238,13 @@ impl Generation {
                             failure = Some(ProviderError::Interrupted("ended without a finish reason".into()));
                         }
                         if let Some(error) = failure {
+                            if writer.tool_called {
+                                tracing::warn!(%error, target, "upstream failed after a tool call began; not continuing");
+                                break 'answer Stop::Interrupted(format!(
+                                    "the upstream failed after a tool call began ({error}); \
+                                     a tool call is not continued"
+                                ));
+                            }
                             tracing::warn!(%error, target, "upstream failed mid-answer; continuing elsewhere");
                             next_target = target + 1;
                             prefill_only = true;
@@ -209,50 +266,86 @@ impl Generation {
                     .end(StreamState::Cancelled, Some(cancellation()))
                     .await
             }
+            Stop::Interrupted(message) => {
+                let outcome = writer
+                    .end(StreamState::Failed, Some(super::interruption(message)))
+                    .await;
+                self.fail_start(&mut started, GenerationError::Stopped)
+                    .await;
+                outcome
+            }
             Stop::Failed(error) => {
-                let (record, api_error) = match &error {
+                let (record, error) = match error {
                     StartError::Busy { retry_after } => (
                         Record::Error {
                             code: "busy".into(),
                             message: "every upstream of this model is busy".into(),
                         },
-                        ApiError::rate_limited(
-                            "model_busy",
-                            "every upstream of this model is busy; try again later",
-                            *retry_after,
-                        ),
+                        GenerationError::Busy { retry_after },
                     ),
                     StartError::Upstream(error) => (
                         Record::Error {
                             code: error.code().into(),
                             message: error.to_string(),
                         },
-                        ApiError::upstream(error),
+                        GenerationError::Upstream(error),
                     ),
                 };
                 let outcome = writer.end(StreamState::Failed, Some(record)).await;
-                if let Some(tx) = started.take() {
-                    let _ = tx.send(Err(api_error));
-                }
+                self.fail_start(&mut started, error).await;
                 outcome
             }
-            Stop::Abandoned => {
-                // Leave the stream open: its lease expires and a later writer takes over.
-                Outcome::Abandoned
+            // Leave the stream open: its lease expires and a takeover continues it.
+            Stop::Abandoned => Outcome::Abandoned,
+            Stop::Lost(error) => {
+                self.health.failed(&error);
+                if matches!(
+                    error,
+                    LogError::StaleToken { .. } | LogError::AlreadyFinished { .. }
+                ) {
+                    Outcome::Fenced
+                } else {
+                    // Handed to takeover: once the lease expires, a node's scan continues
+                    // the answer from what the log holds.
+                    Outcome::Abandoned
+                }
             }
         };
-        if let Some(error) = writer.refused.take()
-            && let Some(tx) = started.take()
-        {
-            let _ = tx.send(Err(error.into()));
+        if let Some(error) = writer.refused.take() {
+            self.fail_start(&mut started, error.into()).await;
         }
-        if let Some(tx) = started.take() {
-            // Cancelled or abandoned before the first token.
-            let _ = tx.send(Err(ApiError::unavailable(
-                "the answer was stopped before it began",
-            )));
-        }
+        // Cancelled or abandoned before the first token.
+        self.fail_start(&mut started, GenerationError::Stopped)
+            .await;
         outcome
+    }
+
+    /// Tell a request still waiting for the first token why there is none; its key is
+    /// released first, since nothing was produced.
+    fn fail_start(
+        &self,
+        started: &mut Option<StartedTx>,
+        error: GenerationError,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let tx = started.take();
+        let log = Arc::clone(&self.log);
+        let key = self
+            .idempotency_key
+            .clone()
+            .map(|key| (self.principal.clone(), key));
+        let id = self.id;
+        async move {
+            let Some(tx) = tx else {
+                return;
+            };
+            if let Some((principal, key)) = key {
+                let released = log.release_idempotency_key(principal, key, id).await;
+                if let Err(e) = released {
+                    tracing::warn!(error = %e, "could not release an idempotency key");
+                }
+            }
+            let _ = tx.send(Err(error));
+        }
     }
 }
 
@@ -260,25 +353,33 @@ impl Generation {
 /// `holder`'s lease (this node's): its readers then get an `internal_error` instead of
 /// waiting for records that will never come. The panicked writer is gone, so the lease's
 /// token is nobody else's. A stream whose creation had not committed is left alone.
-pub async fn end_after_panic(log: &dyn StreamLog, id: StreamId, holder: &str) {
+/// False if the stream was left open.
+pub async fn end_after_panic(log: &dyn StreamLog, id: StreamId, holder: &str) -> bool {
     tracing::error!(stream = %id, "the generation panicked; its stream ends as failed");
     let Ok(meta) = log.status(id).await else {
-        return;
+        return false;
     };
     // The current lease always carries the stream's fencing token.
     let ours = meta
         .lease
         .as_ref()
         .is_some_and(|lease| lease.holder == holder);
-    if meta.state.is_terminal() || !ours {
-        return;
+    if meta.state.is_terminal() {
+        return true;
+    }
+    if !ours {
+        return false;
     }
     let record = Record::Error {
         code: "internal_error".into(),
         message: "the gateway failed while writing this answer; it has been logged".into(),
     };
-    if let Err(error) = end_unwritten(log, id, meta.fence, record, StreamState::Failed).await {
-        tracing::error!(%error, stream = %id, "could not fail the stream");
+    match end_unwritten(log, id, meta.fence, record, StreamState::Failed).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, stream = %id, "could not fail the stream");
+            false
+        }
     }
 }
 
@@ -348,7 +449,12 @@ enum Stop {
     Finished(String),
     Cancelled,
     Failed(StartError),
+    /// Ended `interrupted`: where and why the answer was cut.
+    Interrupted(String),
+    /// Hard shutdown: the stream stays open.
     Abandoned,
+    /// The log refused a write.
+    Lost(LogError),
 }
 
 /// The writer's lease: being granted with the stream's creation, then held.
@@ -390,7 +496,10 @@ struct Writer {
     text: String,
     /// Text deltas appended (≈ tokens generated).
     pieces: u32,
+    /// A tool-call delta was appended: the answer cannot be continued from its text.
+    tool_called: bool,
     finished: Option<String>,
+    health: Arc<LogHealth>,
 }
 
 impl Writer {
@@ -438,12 +547,15 @@ impl Writer {
                     id,
                     name,
                     arguments,
-                } => Record::ToolCall {
-                    index,
-                    id,
-                    name,
-                    arguments,
-                },
+                } => {
+                    self.tool_called = true;
+                    Record::ToolCall {
+                        index,
+                        id,
+                        name,
+                        arguments,
+                    }
+                }
                 Delta::Usage {
                     prompt_tokens,
                     completion_tokens,
@@ -465,7 +577,9 @@ impl Writer {
         let token = self.token().await?;
         self.appends.increment(records.len() as u64);
         if wait || self.log.appends_at_once() {
-            return self.log.append(self.id, token, records).await.map(|_| ());
+            self.log.append(self.id, token, records).await?;
+            self.health.succeeded();
+            return Ok(());
         }
         let log = Arc::clone(&self.log);
         let id = self.id;
@@ -486,25 +600,39 @@ impl Writer {
     /// Wait for the append in flight, if any.
     async fn settle(&mut self) -> Result<(), LogError> {
         match self.in_flight.take() {
-            Some(appending) => appending.await.map(|_| ()),
+            Some(appending) => {
+                appending.await?;
+                self.health.succeeded();
+                Ok(())
+            }
             None => Ok(()),
         }
     }
 
+    /// End the stream in `state` with `record` last. A stream the log would not end
+    /// stays open for a takeover ([`Outcome::Abandoned`]).
     async fn end(&mut self, state: StreamState, record: Option<Record>) -> Outcome {
-        if let Err(error) = self.settle().await {
-            tracing::error!(%error, "an append failed");
-        }
-        let Ok(token) = self.token().await else {
-            return Outcome::Failed;
+        let ended = async {
+            self.settle().await?;
+            let token = self.token().await?;
+            if let Some(record) = record {
+                self.log.append(self.id, token, vec![record]).await?;
+            }
+            self.log.finish(self.id, token, state).await
         };
-        if let Some(record) = record
-            && let Err(error) = self.log.append(self.id, token, vec![record]).await
-        {
-            tracing::error!(%error, "could not append the final record");
-        }
-        if let Err(error) = self.log.finish(self.id, token, state).await {
-            tracing::error!(%error, "could not finish the stream");
+        match ended.await {
+            Ok(()) => {}
+            Err(LogError::StaleToken { .. } | LogError::AlreadyFinished { .. }) => {
+                return Outcome::Fenced;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not end the stream; it stays open for a takeover");
+                self.health.failed(&error);
+                if self.refused.is_some() {
+                    return Outcome::Failed;
+                }
+                return Outcome::Abandoned;
+            }
         }
         match state {
             StreamState::Finished => Outcome::Finished,
