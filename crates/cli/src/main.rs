@@ -7,6 +7,7 @@
 //! - [`listen`]: `unbroken listen <url>`, a resumable SSE reader printing events.
 //! - [`simulate`]: `unbroken simulate`, the simulator as a standalone upstream.
 //! - [`bench`]: `unbroken bench`, a load generator for streaming chat completions.
+//! - [`takeover_bench`]: `unbroken bench-takeover`, answers in flight through a `kill -9`.
 //!
 //! The commands are thin shells over the library crates, so tests drive the same code.
 // The CLI is the one place that talks to people on stdout and stderr.
@@ -21,6 +22,7 @@ mod chat;
 mod listen;
 mod serve;
 mod simulate;
+mod takeover_bench;
 
 /// unbroken: AI answers over Server-Sent Events that survive dropped connections.
 #[derive(Debug, Parser)]
@@ -44,6 +46,8 @@ enum Command {
     /// Measure TTFT, inter-token gaps and throughput of streaming chat completions under
     /// concurrent load.
     Bench(bench::Args),
+    /// Kill -9 a gateway with answers in flight, restart it, and measure the takeover.
+    BenchTakeover(takeover_bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Command::Chat(args) => chat::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchTakeover(args) => takeover_bench::run(args).await,
         }
     });
     match result {
