@@ -27,6 +27,18 @@ fn config(dir: &Path, toml: &str) -> PathBuf {
     path
 }
 
+/// A config whose model `sim` is served by `simulator` as an `openai` target with `extra`
+/// keys, after the `[store]` lines `store`.
+fn openai_model(dir: &Path, simulator: &Simulator, store: &str, extra: &str) -> PathBuf {
+    config(
+        dir,
+        &format!(
+            "[store]\n{store}\n\n[[models]]\nname = \"sim\"\ntargets = [{{ provider = \"openai\", base_url = \"{}\"{extra} }}]\n",
+            simulator.url
+        ),
+    )
+}
+
 async fn post(server: &Server, body: &serde_json::Value, key: Option<&str>) -> reqwest::Response {
     let mut request = http()
         .post(format!("{}/v1/chat/completions", server.url))
@@ -139,11 +151,7 @@ async fn a_local_answer_cut_by_kill_9_finishes_as_if_never_cut() {
 async fn an_upstream_that_continues_finishes_the_answer_after_kill_9() {
     let simulator = Simulator::start(&["--tokens", "300", "--interval-ms", "10"]);
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[[models]]\nname = \"sim\"\ntargets = [{{ provider = \"openai\", base_url = \"{}\", supports_prefill = true }}]\n",
-        simulator.url
-    );
-    let config = config(dir.path(), &toml);
+    let config = openai_model(dir.path(), &simulator, "", ", supports_prefill = true");
     let store = sqlite(dir.path());
     let body = json!({
         "model": "sim",
@@ -189,11 +197,7 @@ async fn an_upstream_that_continues_finishes_the_answer_after_kill_9() {
 async fn an_upstream_that_cannot_continue_ends_interrupted() {
     let simulator = Simulator::start(&["--tokens", "100000", "--interval-ms", "5"]);
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[store]\nlease_ttl_ms = 1000\n\n[[models]]\nname = \"sim\"\ntargets = [{{ provider = \"openai\", base_url = \"{}\" }}]\n",
-        simulator.url
-    );
-    let config = config(dir.path(), &toml);
+    let config = openai_model(dir.path(), &simulator, "lease_ttl_ms = 1000", "");
     let body = json!({
         "model": "sim",
         "stream": true,
