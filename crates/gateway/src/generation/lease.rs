@@ -7,12 +7,61 @@
 //! another node's streams are taken over only once their lease has expired.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use streamlog::LogError;
+use streamlog::{FencingToken, LogError, StreamId, StreamLog};
 
 /// The node id part of a lease holder.
 pub fn node_of(holder: &str) -> &str {
     holder.split_once('/').map_or(holder, |(node, _)| node)
+}
+
+/// The renewal of a writer's lease, every third of its TTL: the one renewal loop of
+/// answers' writers and session relays (each polls [`Renewal::due`] in its `select!`).
+pub(crate) struct Renewal {
+    tick: tokio::time::Interval,
+    ttl: Duration,
+}
+
+impl Renewal {
+    /// The first renewal is due a third of `ttl` from now.
+    pub(crate) fn new(ttl: Duration) -> Self {
+        let mut tick = tokio::time::interval(ttl / 3);
+        tick.reset();
+        Self { tick, ttl }
+    }
+
+    /// Resolves when the next renewal is due.
+    pub(crate) async fn due(&mut self) {
+        self.tick.tick().await;
+    }
+
+    /// Renew the lease `token` on stream `id`, telling `health` how the write went. A
+    /// storage failure is tried again at the next tick (two more before the lease runs
+    /// out), so it is not an error here.
+    ///
+    /// # Errors
+    /// The lease is lost: another writer took it, or the stream ended.
+    pub(crate) async fn renew(
+        &self,
+        log: &dyn StreamLog,
+        id: StreamId,
+        token: FencingToken,
+        health: &LogHealth,
+    ) -> Result<(), LogError> {
+        match log.renew_lease(id, token, self.ttl).await {
+            Ok(_) => {
+                health.succeeded();
+                Ok(())
+            }
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, "cannot renew the lease; trying again");
+                health.failed(&error);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
 }
 
 /// Whether the stream log can be written, as the last write showed. `/ready` answers

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use streamlog::{FencingToken, Record, StreamId, StreamLog};
 use tracing::Instrument;
 
+use super::LogHealth;
+use super::lease::Renewal;
 use crate::signal::Signal;
 
 /// Records copied in one append at most.
@@ -42,6 +44,8 @@ pub struct Relay {
     pub lease_ttl: std::time::Duration,
     /// What an earlier relay of this answer already copied.
     pub resume: Tally,
+    /// Told of the log's write failures and successes.
+    pub health: Arc<LogHealth>,
 }
 
 /// The answer relayed so far.
@@ -94,8 +98,7 @@ impl Relay {
             0,
             self.lease_ttl,
         );
-        let mut renew = tokio::time::interval(self.lease_ttl / 3);
-        renew.reset();
+        let mut renewal = Renewal::new(self.lease_ttl);
         let mut tally = std::mem::take(&mut self.resume);
         // Text records an earlier relay copied already.
         let mut skip = tally.count;
@@ -104,8 +107,8 @@ impl Relay {
             tokio::select! {
                 biased;
                 () = self.hard_stop.raised() => return,
-                _ = renew.tick() => {
-                    if let Err(error) = self.log.renew_lease(self.session, self.token, self.lease_ttl).await {
+                () = renewal.due() => {
+                    if let Err(error) = renewal.renew(&*self.log, self.session, self.token, &self.health).await {
                         tracing::warn!(%error, "session lease lost");
                         return;
                     }

@@ -23,6 +23,7 @@ use streamlog::{
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::lease::Renewal;
 use super::{Begun, GenerationError, LogHealth};
 use crate::live::Live;
 use crate::router::{Model, StartError, Started};
@@ -128,8 +129,7 @@ impl Generation {
             in_flight: None,
             health: Arc::clone(&self.health),
         };
-        let mut renew = tokio::time::interval(self.lease_ttl / 3);
-        renew.reset();
+        let mut renewal = Renewal::new(self.lease_ttl);
         let mut grace =
             tokio::time::interval((self.reader_grace / 4).max(Duration::from_millis(5)));
         grace.reset();
@@ -185,23 +185,14 @@ impl Generation {
                     biased;
                     () = &mut hard_stop => break 'answer Stop::Abandoned,
                     () = &mut cancelled => break 'answer Stop::Cancelled,
-                    _ = renew.tick() => {
+                    () = renewal.due() => {
                         let renewed = match writer.token().await {
-                            Ok(token) => self.log.renew_lease(self.id, token, self.lease_ttl).await.map(|_| ()),
+                            Ok(token) => renewal.renew(&*self.log, self.id, token, &self.health).await,
                             Err(error) => Err(error),
                         };
-                        match renewed {
-                            Ok(()) => self.health.succeeded(),
-                            // A storage failure is tried again at the next tick: two more
-                            // before the lease runs out.
-                            Err(error) if error.is_retryable() => {
-                                tracing::warn!(%error, "cannot renew the lease; trying again");
-                                self.health.failed(&error);
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "lease lost; stopping");
-                                break 'answer Stop::Lost(error);
-                            }
+                        if let Err(error) = renewed {
+                            tracing::warn!(%error, "lease lost; stopping");
+                            break 'answer Stop::Lost(error);
                         }
                     }
                     _ = grace.tick() => {

@@ -252,6 +252,7 @@ async fn take_over_session(state: AppState, id: StreamId, lease: Lease) {
         hard_stop: state.hard_stop.clone(),
         lease_ttl: state.lease_ttl,
         resume: Relay::resume(after),
+        health: Arc::clone(&state.health),
     };
     // The session reads the answer to its end: it counts as its reader.
     let _guard = state.live.attach(&answer);

@@ -266,6 +266,7 @@ pub async fn message(
         hard_stop: state.hard_stop.clone(),
         lease_ttl: state.lease_ttl,
         resume: Default::default(),
+        health: std::sync::Arc::clone(&state.health),
     };
     let guard = state.live.attach(&answer);
     state.tasks.spawn(async move {
