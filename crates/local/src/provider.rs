@@ -17,8 +17,9 @@ use providers::{ChatRequest, Delta, DeltaStream, Provider, ProviderError, Provid
 use tokio::sync::{mpsc, watch};
 
 use crate::error::LocalError;
+use crate::loops::LoopDetector;
 use crate::model::{GgufFile, KvState, Weights};
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, Settings};
 use crate::tokenizer::{TextTokenizer, Utf8Decoder};
 use crate::{LocalOptions, MODEL_ID};
 
@@ -62,6 +63,7 @@ impl LocalProvider {
     /// is not a model this provider runs, [`LocalError::Options`] for bad options.
     pub fn load(path: &Path, options: LocalOptions) -> Result<Self, LocalError> {
         let started = Instant::now();
+        options.validate()?;
         let threads = options.effective_threads();
         let mut file = GgufFile::open(path)?;
         let tokenizer = TextTokenizer::from_gguf(&file.content)?;
@@ -127,11 +129,17 @@ impl LocalProvider {
 
     fn start(&self, request: ChatRequest) -> Result<DeltaStream, ProviderError> {
         let inner = &self.inner;
+        let options = &inner.options;
+        let frequency_penalty = penalty(&request, "frequency_penalty")?;
+        let presence_penalty = penalty(&request, "presence_penalty")?;
         let prefix = request.assistant_prefix.as_deref().unwrap_or("");
-        let prompt = inner
-            .tokenizer
-            .chat_prompt(&request.messages, prefix)
-            .map_err(|e| ProviderError::InvalidRequest(format!("cannot tokenize: {e}")))?;
+        let tokenize = |prefix: &str| {
+            inner
+                .tokenizer
+                .chat_prompt(&request.messages, prefix)
+                .map_err(|e| ProviderError::InvalidRequest(format!("cannot tokenize: {e}")))
+        };
+        let prompt = tokenize(prefix)?;
         let context = inner.weights.config.context;
         if prompt.len() >= context {
             return Err(ProviderError::InvalidRequest(format!(
@@ -139,17 +147,34 @@ impl LocalProvider {
                 prompt.len()
             )));
         }
-        let requested = request.max_tokens.unwrap_or(inner.options.max_tokens) as usize;
+        // Where the answer's own tokens start: a prefix being continued is part of the
+        // answer for the penalties and the loop rule, so a continued answer is sampled as
+        // the uninterrupted one was.
+        let answer_start = if prefix.is_empty() {
+            prompt.len()
+        } else {
+            let bare = tokenize("")?;
+            bare.iter().zip(&prompt).take_while(|(a, b)| a == b).count()
+        };
+        let requested = request.max_tokens.unwrap_or(options.max_tokens) as usize;
         let max_tokens = requested.min(context - prompt.len());
-        let temperature = request
-            .temperature
-            .map_or(inner.options.temperature, |t| t as f32);
-        let top_p = request.top_p.map_or(inner.options.top_p, |p| p as f32);
+        let settings = Settings {
+            temperature: request
+                .temperature
+                .map_or(options.temperature, |t| t as f32),
+            top_p: request.top_p.map_or(options.top_p, |p| p as f32),
+            min_p: options.min_p,
+            repeat_penalty: options.repeat_penalty,
+            repeat_last_n: options.repeat_last_n,
+            frequency_penalty: frequency_penalty.unwrap_or(options.frequency_penalty),
+            presence_penalty: presence_penalty.unwrap_or(options.presence_penalty),
+        };
         let job = Job {
             inner: Arc::clone(inner),
             prompt,
+            answer_start,
             max_tokens,
-            sampler: Sampler::new(temperature, top_p, request.seed),
+            sampler: Sampler::new(settings, request.seed),
         };
         let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
@@ -175,6 +200,23 @@ impl Provider for LocalProvider {
     }
 }
 
+/// OpenAI's `frequency_penalty` or `presence_penalty` from the request's other fields:
+/// `None` when absent or null, else a number from -2 to 2.
+fn penalty(request: &ChatRequest, name: &str) -> Result<Option<f32>, ProviderError> {
+    let Some(value) = request.extra.get(name).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match value.as_f64() {
+        Some(x) if (-2.0..=2.0).contains(&x) => Ok(Some(x as f32)),
+        Some(x) => Err(ProviderError::InvalidRequest(format!(
+            "{name} must be between -2 and 2, got {x}"
+        ))),
+        None => Err(ProviderError::InvalidRequest(format!(
+            "{name} must be a number, got {value}"
+        ))),
+    }
+}
+
 /// Counts a generation as active while it lives.
 struct ActiveGuard<'a>(&'a watch::Sender<usize>);
 
@@ -194,7 +236,10 @@ impl Drop for ActiveGuard<'_> {
 /// One answer being generated, on its own thread.
 struct Job {
     inner: Arc<Inner>,
+    /// The prompt, ending with the answer's prefix when one is continued.
     prompt: Vec<u32>,
+    /// Where the continued prefix starts in `prompt` (`prompt.len()` without one).
+    answer_start: usize,
     max_tokens: usize,
     sampler: Sampler,
 }
@@ -235,25 +280,37 @@ impl Job {
         };
         let mut state = KvState::new(&inner.weights.config, self.prompt.len() + self.max_tokens);
         let mut decoder = Utf8Decoder::default();
+        let mut loops = LoopDetector::new();
+        let (context, prefix) = self.prompt.split_at(self.answer_start);
+        for &token in context {
+            self.sampler.context(token);
+        }
+        for &token in prefix {
+            self.sampler.answer(token);
+            loops.push(token);
+        }
         let mut generated = 0usize;
         let mut finish = "length";
+        let mut looped = false;
         if self.max_tokens > 0 {
             if tx.is_closed() {
                 return Err(Stop::Cancelled);
             }
             let mut logits = forward(&self.prompt, &mut state)?;
             loop {
-                let token = self.sampler.sample(&logits);
+                let token = self.sampler.sample(&mut logits);
                 if tokenizer.is_stop(token) {
                     finish = "stop";
                     break;
                 }
+                self.sampler.answer(token);
                 generated += 1;
                 let text = decoder.push(tokenizer.token_bytes(token));
                 if !text.is_empty() {
                     send(Delta::Text(text))?;
                 }
-                if generated >= self.max_tokens {
+                looped = loops.push(token) && inner.options.stop_loops;
+                if generated >= self.max_tokens || looped {
                     break;
                 }
                 // A dropped stream stops the answer here, before the next forward pass.
@@ -280,8 +337,64 @@ impl Job {
             completion_tokens = generated,
             cached = state.position(),
             finish,
+            looped,
             "local generation done"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(extra: serde_json::Value) -> ChatRequest {
+        ChatRequest {
+            model: MODEL_ID.into(),
+            messages: Vec::new(),
+            temperature: None,
+            top_p: None,
+            max_tokens: None,
+            seed: None,
+            assistant_prefix: None,
+            extra: extra.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn penalties_are_read_from_the_other_fields_and_checked() {
+        let r = request(json!({"frequency_penalty": 0.5, "presence_penalty": null}));
+        assert_eq!(penalty(&r, "frequency_penalty").ok(), Some(Some(0.5)));
+        assert_eq!(penalty(&r, "presence_penalty").ok(), Some(None));
+        assert_eq!(
+            penalty(&request(json!({})), "presence_penalty").ok(),
+            Some(None)
+        );
+        for edge in [-2.0, 2.0] {
+            let r = request(json!({ "presence_penalty": edge }));
+            assert_eq!(
+                penalty(&r, "presence_penalty").ok(),
+                Some(Some(edge as f32))
+            );
+        }
+        for (value, message) in [
+            (
+                json!(2.01),
+                "presence_penalty must be between -2 and 2, got 2.01",
+            ),
+            (
+                json!(-7),
+                "presence_penalty must be between -2 and 2, got -7",
+            ),
+            (json!("1"), "presence_penalty must be a number, got \"1\""),
+            (json!([1]), "presence_penalty must be a number, got [1]"),
+        ] {
+            let r = request(json!({ "presence_penalty": value }));
+            match penalty(&r, "presence_penalty") {
+                Err(ProviderError::InvalidRequest(m)) => assert_eq!(m, message),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
     }
 }
