@@ -22,8 +22,8 @@ pub struct Args {
     /// Address to listen on (overrides server.listen).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// The stream log: `memory` or `sqlite:PATH` (overrides [store]).
-    #[arg(long, value_name = "memory|sqlite:PATH")]
+    /// The stream log: `memory`, `sqlite:PATH` or a `redis://` URL (overrides [store]).
+    #[arg(long, value_name = "memory|sqlite:PATH|redis://…")]
     store: Option<String>,
     /// Allow a non-loopback address with no API keys configured.
     #[arg(long)]
@@ -49,12 +49,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.store.as_deref() {
         None => {}
         Some("memory") => config.store.kind = StoreKind::Memory,
+        Some(url) if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
+            config.store.kind = StoreKind::Redis;
+            url.clone_into(&mut config.store.url);
+        }
         Some(other) => match other.strip_prefix("sqlite:") {
             Some(path) if !path.is_empty() => {
                 config.store.kind = StoreKind::Sqlite;
                 config.store.path = PathBuf::from(path);
             }
-            _ => bail!("--store must be `memory` or `sqlite:PATH`, not {other:?}"),
+            _ => bail!("--store must be `memory`, `sqlite:PATH` or a redis:// URL, not {other:?}"),
         },
     }
     if config.models.is_empty() {

@@ -291,3 +291,49 @@ async fn a_session_answer_is_relayed_to_its_end_after_kill_9() {
         .unwrap();
     assert_eq!(next.status(), 202, "the session is free again");
 }
+
+/// Two nodes on one Redis: `kill -9` of the node writing an answer; its reader
+/// reconnects to the other node with its `Last-Event-ID`, which takes the answer over
+/// once the dead node's lease expired and finishes it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_finishes_an_answer_whose_node_died() {
+    let redis = streamlog::redis::LocalServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "[store]\nlease_ttl_ms = 1000\n\n[[models]]\nname = \"sim\"\ntargets = [{ provider = \"simulator\", tokens = 300, interval_ms = 10 }]\n",
+    );
+    let a = Server::start(Some(&config), &redis.url);
+    let b = Server::start(Some(&config), &redis.url);
+    let body = json!({
+        "model": "sim",
+        "stream": true,
+        "messages": [{ "role": "user", "content": "Tell me a story." }],
+    });
+    let reference = Answer::default()
+        .read_to_end(&mut events(post(&b, &body, None).await), WITHIN)
+        .await;
+
+    let response = post(&a, &body, None).await;
+    let id = stream_id(&response);
+    let mut live = events(response);
+    let mut before = Answer::default();
+    for _ in 0..20 {
+        before.add(&live.next().await.expect("the answer goes on"));
+    }
+    a.kill_9();
+    drop(live);
+
+    let rest = http()
+        .get(format!("{}/v1/streams/{id}", b.url))
+        .header("last-event-id", &before.last_id)
+        .send()
+        .await
+        .unwrap();
+    let rest = Answer::default()
+        .read_to_end(&mut events(rest), WITHIN)
+        .await;
+    assert!(rest.done && rest.error.is_none(), "{rest:?}");
+    assert_eq!(before.text + &rest.text, reference.text);
+    assert_eq!(rest.finish, reference.finish);
+}

@@ -160,13 +160,15 @@ pub enum StoreKind {
     Memory,
     /// SQLite file: durable, one node.
     Sqlite,
+    /// Redis: shared by several nodes.
+    Redis,
 }
 
 /// `[store]`: the stream log.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `memory` or `sqlite` (default).
+    /// `memory`, `sqlite` (default) or `redis`.
     pub kind: StoreKind,
     /// The SQLite file. Default `data/unbroken.db`.
     pub path: PathBuf,
@@ -176,6 +178,10 @@ pub struct StoreConfig {
     /// A stream whose writer's lease expired is taken over by another node (or this one).
     /// Default 10,000 ms.
     pub lease_ttl_ms: u64,
+    /// The Redis server, with `kind = "redis"`. Default `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Prefix of every Redis key. Default `unbroken`.
+    pub prefix: String,
 }
 
 impl StoreConfig {
@@ -192,6 +198,8 @@ impl Default for StoreConfig {
             path: PathBuf::from("data/unbroken.db"),
             stream_ttl_s: 24 * 60 * 60,
             lease_ttl_ms: 10_000,
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "unbroken".into(),
         }
     }
 }
@@ -392,6 +400,21 @@ impl Config {
                 "store.lease_ttl_ms",
                 "must be at least 300 (writers renew at a third of it)",
             ));
+        }
+        if self.store.kind == StoreKind::Redis {
+            let url = &self.store.url;
+            if !["redis://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                return Err(invalid(
+                    "store.url",
+                    "must be a redis:// or redis+unix:// URL (rediss:// is not supported yet)",
+                ));
+            }
+            if self.store.prefix.is_empty() || self.store.prefix.contains(['{', '}']) {
+                return Err(invalid("store.prefix", "must be non-empty, without { or }"));
+            }
         }
         if let Some(id) = &self.server.node_id
             && (id.is_empty() || id.len() > 128 || id.contains(['/', ' ']))

@@ -248,5 +248,13 @@ pub fn open_log(config: &StoreConfig) -> Result<Arc<dyn StreamLog>, String> {
                 .map_err(|e| format!("store.path {}: {e}", config.path.display()))?;
             Ok(Arc::new(log))
         }
+        StoreKind::Redis => {
+            let mut redis = streamlog::RedisConfig::new(config.url.clone());
+            redis.prefix.clone_from(&config.prefix);
+            redis.stream_ttl = ttl;
+            let log = streamlog::RedisLog::open(redis, clock)
+                .map_err(|e| format!("store.url {}: {e}", config.url))?;
+            Ok(Arc::new(log))
+        }
     }
 }

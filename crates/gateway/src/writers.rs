@@ -1,19 +1,28 @@
-//! Short writers: the gateway's lease on streams that many requests append to (topics,
-//! tasks).
+//! Short writers: appends that requests make to streams many requests write (topics,
+//! tasks), from any node.
 //!
-//! Each such stream gets one lease, acquired on first write and kept; appends through it
-//! are serialised per stream by an async mutex, so concurrent publishers queue instead of
-//! failing on each other's lease. If another node takes the lease over, the next append
-//! sees a stale token and acquires again.
+//! Each append holds the stream's lease only while it writes: acquire, append, release
+//! (or finish). Appends from this node are serialised per stream by an async mutex, so
+//! its concurrent publishers queue instead of failing on each other's lease; an append
+//! that meets another node's lease waits for it to be released, with a short backoff, up
+//! to [`WAIT`]. The lease of such an append lasts [`HOLD`] at most, so one from a node that
+//! died mid-append blocks the stream for no longer than that.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use streamlog::{FencingToken, LogError, Record, Seq, StreamId, StreamLog, StreamState};
+use streamlog::{LogError, Record, Seq, StreamId, StreamLog, StreamState};
 
-type Slot = Arc<tokio::sync::Mutex<Option<FencingToken>>>;
+/// How long an append waits for another node's append to the same stream.
+pub const WAIT: Duration = Duration::from_secs(3);
 
-/// Leases held by this node for request-driven writes.
+/// How long an append's lease lasts (it is released as soon as the append is written).
+pub const HOLD: Duration = Duration::from_secs(2);
+
+type Slot = Arc<tokio::sync::Mutex<()>>;
+
+/// Serialises this node's appends per stream.
 #[derive(Default)]
 pub struct Writers {
     slots: Mutex<HashMap<StreamId, Slot>>,
@@ -22,6 +31,8 @@ pub struct Writers {
 impl Writers {
     fn slot(&self, id: StreamId) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget the slots nobody waits on, so the map holds only streams being written.
+        slots.retain(|_, slot| Arc::strong_count(slot) > 1);
         Arc::clone(slots.entry(id).or_default())
     }
 
@@ -29,46 +40,36 @@ impl Writers {
     ///
     /// # Errors
     /// [`LogError::AlreadyFinished`] for an ended stream, [`LogError::LeaseHeld`] when
-    /// another node writes it, storage errors.
+    /// another node kept writing it for longer than [`WAIT`], storage errors.
     pub async fn append(
         &self,
         log: &dyn StreamLog,
         node: &str,
-        ttl: std::time::Duration,
         id: StreamId,
         records: Vec<Record>,
         end: Option<StreamState>,
     ) -> Result<Seq, LogError> {
         let slot = self.slot(id);
-        let mut token = slot.lock().await;
-        let mut retried = false;
-        let seq = loop {
-            let current = match *token {
-                Some(current) => current,
-                None => {
-                    let lease = log.acquire_lease(id, node.to_owned(), ttl).await?;
-                    *token = Some(lease.token);
-                    lease.token
-                }
-            };
-            match log.append(id, current, records.clone()).await {
-                Ok(seq) => break seq,
-                Err(LogError::StaleToken { .. }) if !retried => {
-                    retried = true;
-                    *token = None;
+        let _turn = slot.lock().await;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(2);
+        let lease = loop {
+            match log.acquire_lease(id, node.to_owned(), HOLD).await {
+                Ok(lease) => break lease,
+                Err(LogError::LeaseHeld { .. }) if started.elapsed() < WAIT => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
                 }
                 Err(error) => return Err(error),
             }
         };
-        if let (Some(state), Some(current)) = (end, *token) {
-            log.finish(id, current, state).await?;
-            *token = None;
-            drop(token);
-            self.slots
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-        }
+        let written = log.append(id, lease.token, records).await;
+        let closed = match (&written, end) {
+            (Ok(_), Some(state)) => log.finish(id, lease.token, state).await,
+            _ => log.release_lease(id, lease.token).await,
+        };
+        let seq = written?;
+        closed?;
         Ok(seq)
     }
 }

@@ -12,6 +12,8 @@
 //! - `cursor` (private): the reader cursor all backends share (replay, then follow).
 //! - [`memory`]: [`MemoryLog`], in-process and ephemeral.
 //! - [`sqlite`]: [`SqliteLog`], durable, one writer thread with group commit, hot tail.
+//! - [`redis`]: [`RedisLog`], shared by every node of a cluster (Lua scripts, Redis
+//!   Streams, a notification channel).
 //! - [`retention`]: the periodic driver for [`StreamLog::purge_expired`]. Trimming the
 //!   records of streams that never end ([`StreamLog::trim`], for pub/sub topics) is
 //!   driven by the caller, which knows each topic's limits.
@@ -69,6 +71,7 @@ pub mod error;
 pub mod id;
 pub mod memory;
 pub mod record;
+pub mod redis;
 pub mod retention;
 pub mod sqlite;
 
@@ -86,6 +89,7 @@ pub use record::{
     FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamKind,
     StreamMeta, StreamState, Trim,
 };
+pub use redis::{RedisConfig, RedisLog};
 pub use sqlite::{SqliteConfig, SqliteLog, Synchronous};
 
 /// The future every [`StreamLog`] method returns.

@@ -7,7 +7,10 @@ mod conformance;
 
 use std::sync::Arc;
 
-use streamlog::{ManualClock, MemoryLog, SqliteConfig, SqliteLog, StreamLog};
+use streamlog::redis::LocalServer;
+use streamlog::{
+    ManualClock, MemoryLog, RedisConfig, RedisLog, SqliteConfig, SqliteLog, StreamLog,
+};
 
 use conformance::{Backend, TTL};
 
@@ -58,8 +61,36 @@ fn sqlite() -> Sqlite {
     }
 }
 
+struct Redis {
+    server: LocalServer,
+    clock: Arc<ManualClock>,
+}
+
+impl Backend for Redis {
+    fn open(&self) -> Arc<dyn StreamLog> {
+        let mut config = RedisConfig::new(self.server.url.clone());
+        config.stream_ttl = TTL;
+        Arc::new(RedisLog::open(config, self.clock.clone()).unwrap())
+    }
+    fn clock(&self) -> &Arc<ManualClock> {
+        &self.clock
+    }
+}
+
+/// A Redis of its own per test (a real `redis-server`, no persistence).
+fn redis() -> Redis {
+    Redis {
+        server: LocalServer::start().unwrap(),
+        clock: Arc::new(ManualClock::new(START_MS)),
+    }
+}
+
 mod memory {
     conformance_suite!(super::memory());
+}
+
+mod redis {
+    conformance_suite!(super::redis());
 }
 
 mod sqlite {

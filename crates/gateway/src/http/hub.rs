@@ -178,14 +178,7 @@ pub async fn publish(
     let meta = topic(&state, &name, &principal).await?;
     let last = state
         .writers
-        .append(
-            state.log.as_ref(),
-            &state.node,
-            state.lease_ttl,
-            meta.id,
-            records,
-            None,
-        )
+        .append(state.log.as_ref(), &state.node, meta.id, records, None)
         .await
         .map_err(write_error)?;
     let first = last + 1 - count;
@@ -312,14 +305,7 @@ async fn report(
     }
     let seq = state
         .writers
-        .append(
-            state.log.as_ref(),
-            &state.node,
-            state.lease_ttl,
-            meta.id,
-            vec![record],
-            end,
-        )
+        .append(state.log.as_ref(), &state.node, meta.id, vec![record], end)
         .await
         .map_err(write_error)?;
     Ok(Json(json!({ "taskId": id, "id": seq.to_string() })).into_response())

@@ -1,0 +1,122 @@
+//! Several nodes on one Redis, in one test process: each node has its own connection to
+//! the log and its own node id, as separate processes would. A reader on any node follows
+//! an answer written by another; an `Idempotency-Key` retry on another node attaches to
+//! the running answer, and the upstream is asked once; a topic's subscribers on every
+//! node get what any node publishes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Events, Gateway, Upstream, chat_body, http, parse, text_of};
+use gateway::AppState;
+use providers::simulator::SimulatorConfig;
+use streamlog::redis::LocalServer;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+async fn node(redis: &LocalServer, id: &str, upstream: &Upstream) -> Gateway {
+    let config = parse(&format!(
+        "[server]\nnode_id = \"{id}\"\n\n[store]\nkind = \"redis\"\nurl = \"{}\"\n\n[[models]]\nname = \"m\"\ntargets = [{{ provider = \"openai\", base_url = \"{}\", supports_prefill = true }}]\n",
+        redis.url, upstream.url
+    ));
+    let log = gateway::open_log(&config.store).unwrap();
+    Gateway::start_with(&config, AppState::new(&config, log).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_every_answer() {
+    let redis = LocalServer::start().unwrap();
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 200,
+        interval_ms: 2,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let a = node(&redis, "node-a", &upstream).await;
+    let b = node(&redis, "node-b", &upstream).await;
+
+    let url = format!("{}/v1/chat/completions", a.url);
+    let first = http()
+        .post(url)
+        .header("idempotency-key", "k1")
+        .json(&chat_body("m", true))
+        .send()
+        .await
+        .unwrap();
+    let mut first = Events::new(first);
+    let id = first.stream_id();
+    first.next().await.expect("the answer begins on node a");
+
+    // The same key on node b: the same stream, followed live across nodes.
+    let url = format!("{}/v1/chat/completions", b.url);
+    let retried = http()
+        .post(url)
+        .header("idempotency-key", "k1")
+        .json(&chat_body("m", true))
+        .send()
+        .await
+        .unwrap();
+    let retried = Events::new(retried);
+    assert_eq!(retried.stream_id(), id);
+    let on_b = tokio::time::timeout(WITHIN, retried.rest())
+        .await
+        .expect("node b's reader ends");
+    let on_a = tokio::time::timeout(WITHIN, first.rest())
+        .await
+        .expect("node a's reader ends");
+    assert_eq!(on_b.last().unwrap().data, "[DONE]");
+    assert_eq!(text_of(&on_b).split_whitespace().count(), 200);
+    assert!(text_of(&on_b).ends_with(&text_of(&on_a)));
+    assert_eq!(upstream.requests(), 1, "the upstream was asked once");
+
+    // Status and a resume from the middle, on node b.
+    let status = b.status(&id).await;
+    assert_eq!(status["state"], "finished", "{status}");
+    let resumed = http()
+        .get(format!("{}/v1/streams/{id}", b.url))
+        .header("last-event-id", "100")
+        .send()
+        .await
+        .unwrap();
+    let rest = Events::new(resumed).rest().await;
+    assert_eq!(rest.first().unwrap().id, "101");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_reaches_subscribers_on_every_node() {
+    let redis = LocalServer::start().unwrap();
+    let upstream = Upstream::start(SimulatorConfig::default()).await;
+    let a = node(&redis, "node-a", &upstream).await;
+    let b = node(&redis, "node-b", &upstream).await;
+    let mut subscribers = Vec::new();
+    for gateway in [&a, &b] {
+        let response = http()
+            .get(format!("{}/v1/topics/news", gateway.url))
+            .send()
+            .await
+            .unwrap();
+        subscribers.push(Events::new(response));
+    }
+    for (i, gateway) in [&a, &b, &a].into_iter().enumerate() {
+        let published = http()
+            .post(format!("{}/v1/topics/news/events", gateway.url))
+            .json(&serde_json::json!({ "event": "story", "data": { "n": i } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(published.status(), 200, "{:?}", published.text().await);
+    }
+    for subscriber in &mut subscribers {
+        for n in 0..3 {
+            let event = tokio::time::timeout(WITHIN, subscriber.next())
+                .await
+                .expect("the event arrives")
+                .unwrap();
+            assert_eq!(event.event, "story");
+            let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(data["n"], n, "in order, from either node");
+        }
+    }
+}

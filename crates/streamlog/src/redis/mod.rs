@@ -1,0 +1,746 @@
+//! [`RedisLog`]: the stream log in Redis, shared by every node of a cluster of gateways.
+//!
+//! Each stream is a metadata hash and a Redis Stream of records, both tagged `{id}` so
+//! they live in one slot (Redis Cluster works as well as one server). Every write is one
+//! Lua script (`scripts`) applying the same rules as the other backends' `control`
+//! module: an append checks the lease's fencing token, `XADD`s with explicit ids
+//! `<seq>-0`, updates the metadata and publishes the new last seq, atomically — a stale
+//! writer's append fails whole. Readers are the shared cursor: they fetch with `XRANGE`
+//! (the metadata's first kept seq alongside, in one script) and wait on a per-stream
+//! watch that this node's own appends and a subscription to the cluster's notification
+//! channel both advance. After the subscription reconnects, every watched stream's head
+//! is read again, so a notification lost while Redis was away delays nobody.
+//!
+//! Retention follows the log's clock, as in the other backends: an ended stream is noted
+//! in a sorted set (`ended`, by end time) and [`StreamLog::purge_expired`] deletes it with
+//! its records and its idempotency keys (each stream keeps the names of its keys in a set
+//! of its own) once `stream_ttl` has passed; a key whose stream was never created goes
+//! `stream_ttl` after it was inserted (`keys`, by insert time). As a safety net the
+//! stream's keys also `PEXPIRE` `stream_ttl` after it ends. The streams holding a lease
+//! are indexed in one set (`leased`). These indexes live in other slots than the stream,
+//! so they are updated beside the scripts, not inside them;
+//! [`StreamLog::leased_streams`] and the purge read the metadata behind them and drop
+//! stale members.
+//!
+//! Connections: commands go through redis-rs's `ConnectionManager` (multiplexed,
+//! reconnecting, with a response timeout so a stalled Redis is an error, not a hang);
+//! the subscription has a connection of its own on a thread of its own.
+
+mod notify;
+mod retention;
+mod scripts;
+mod server;
+mod values;
+
+pub use server::LocalServer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+use tokio::sync::{OnceCell, watch};
+
+use crate::clock::{Clock, millis};
+use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head, HeadSource, follow};
+use crate::error::LogError;
+use crate::id::{Seq, StreamId};
+use crate::record::{
+    FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamKind,
+    StreamMeta, StreamState, Trim,
+};
+use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
+use values::{answer, corrupt, number, refusal, storage, text, value_at};
+
+/// How a [`RedisLog`] connects.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (or `redis+unix:///path`).
+    pub url: String,
+    /// Prefix of every key (no `{` or `}`).
+    pub prefix: String,
+    /// How long an ended stream is kept.
+    pub stream_ttl: Duration,
+    /// A command not answered within this is an error (Redis stalled).
+    pub response_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: prefix `unbroken`, 24 h retention, 5 s response timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "unbroken".into(),
+            stream_ttl: DEFAULT_STREAM_TTL,
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The stream log in Redis. See the module documentation.
+pub struct RedisLog {
+    shared: Arc<Shared>,
+    /// Stops the subscription thread when the log is dropped.
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+struct Shared {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    config: RedisConfig,
+    clock: Arc<dyn Clock>,
+    /// The head of every stream read here.
+    heads: Mutex<HashMap<StreamId, watch::Sender<Head>>>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    create: Script,
+    append: Script,
+    finish: Script,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    fetch: Script,
+    trim: Script,
+    release_key: Script,
+}
+
+impl RedisLog {
+    /// A log over the Redis at `config.url`. It connects on first use (and reconnects by
+    /// itself), so opening needs no runtime and a Redis that is down is an error of each
+    /// call, not of start-up.
+    ///
+    /// # Errors
+    /// A malformed URL or prefix.
+    pub fn open(config: RedisConfig, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
+        if config.prefix.contains(['{', '}']) {
+            return Err(LogError::InvalidArgument(
+                "the redis key prefix must not contain { or }",
+            ));
+        }
+        let client = redis::Client::open(config.url.as_str()).map_err(storage)?;
+        let shared = Arc::new(Shared {
+            client,
+            conn: OnceCell::new(),
+            config,
+            clock,
+            heads: Mutex::default(),
+            scripts: Scripts {
+                create: Script::new(scripts::CREATE),
+                append: Script::new(scripts::APPEND),
+                finish: Script::new(scripts::FINISH),
+                acquire: Script::new(scripts::ACQUIRE),
+                renew: Script::new(scripts::RENEW),
+                release: Script::new(scripts::RELEASE),
+                fetch: Script::new(scripts::FETCH),
+                trim: Script::new(scripts::TRIM),
+                release_key: Script::new(scripts::RELEASE_KEY),
+            },
+        });
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let listener = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("unbroken-redis-notify".into())
+            .spawn(move || notify::subscribe(listener, stopped))
+            .map_err(|e| LogError::Storage(Box::new(e)))?;
+        Ok(Self {
+            shared,
+            _stop: stop,
+        })
+    }
+}
+
+impl Shared {
+    async fn conn(&self) -> Result<ConnectionManager, LogError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(self.config.response_timeout))
+                    .set_connection_timeout(Some(self.config.response_timeout))
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(self.client.clone(), config).await
+            })
+            .await
+            .map_err(storage)?;
+        Ok(conn.clone())
+    }
+
+    fn meta_key(&self, id: StreamId) -> String {
+        format!("{}:{{{id}}}:m", self.config.prefix)
+    }
+
+    fn records_key(&self, id: StreamId) -> String {
+        format!("{}:{{{id}}}:r", self.config.prefix)
+    }
+
+    fn leased_key(&self) -> String {
+        format!("{}:leased", self.config.prefix)
+    }
+
+    fn ended_key(&self) -> String {
+        format!("{}:ended", self.config.prefix)
+    }
+
+    fn keys_key(&self) -> String {
+        format!("{}:keys", self.config.prefix)
+    }
+
+    /// The names of stream `id`'s idempotency keys.
+    fn stream_keys_key(&self, id: StreamId) -> String {
+        format!("{}:{{{id}}}:k", self.config.prefix)
+    }
+
+    /// Run one command, as a storage error if Redis fails.
+    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LogError> {
+        let mut conn = self.conn().await?;
+        cmd.query_async(&mut conn).await.map_err(storage)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:notify", self.config.prefix)
+    }
+
+    fn key_key(&self, principal: &str, key: &str) -> String {
+        format!(
+            "{}:key:{}:{principal}:{key}",
+            self.config.prefix,
+            principal.len()
+        )
+    }
+
+    async fn run(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: Vec<Vec<u8>>,
+    ) -> Result<(String, Vec<Value>), LogError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let value: Value = invocation.invoke_async(&mut conn).await.map_err(storage)?;
+        answer(value)
+    }
+
+    /// Advance the watched head of `id` (if anyone here reads it) to `last`.
+    fn advance(&self, id: StreamId, last: Seq, terminal: bool) {
+        let heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(head) = heads.get(&id) {
+            head.send_if_modified(|h| {
+                let changed = last > h.last || (terminal && !h.terminal);
+                h.last = h.last.max(last);
+                h.terminal |= terminal;
+                changed
+            });
+        }
+    }
+
+    async fn index_lease(&self, id: StreamId, kind: StreamKind, leased: bool) {
+        let member = format!("{}:{id}", kind.to_i64());
+        let Ok(mut conn) = self.conn().await else {
+            return;
+        };
+        let verb = if leased { "SADD" } else { "SREM" };
+        let done: Result<Value, _> = redis::cmd(verb)
+            .arg(self.leased_key())
+            .arg(member)
+            .query_async(&mut conn)
+            .await;
+        if let Err(error) = done {
+            tracing::warn!(%error, stream = %id, "cannot index the stream's lease");
+        }
+    }
+
+    async fn status(&self, id: StreamId) -> Result<StreamMeta, LogError> {
+        let mut conn = self.conn().await?;
+        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(self.meta_key(id))
+            .query_async(&mut conn)
+            .await
+            .map_err(storage)?;
+        if fields.is_empty() {
+            return Err(LogError::NotFound(id));
+        }
+        let num = |name: &str| -> Result<u64, LogError> {
+            let raw = fields.get(name).ok_or_else(|| corrupt(name))?;
+            String::from_utf8_lossy(raw)
+                .parse::<f64>()
+                .map(|n| n as u64)
+                .map_err(|_| corrupt(name))
+        };
+        let lease = match fields.get("h") {
+            Some(holder) => Some(Lease {
+                holder: String::from_utf8_lossy(holder).into_owned(),
+                token: num("t")?,
+                expires_at_ms: num("e")?,
+            }),
+            None => None,
+        };
+        Ok(StreamMeta {
+            id,
+            owner: String::from_utf8_lossy(fields.get("o").map_or(&[][..], |v| v)).into_owned(),
+            kind: StreamKind::from_i64(num("k")? as i64).ok_or_else(|| corrupt("kind"))?,
+            request: bytes::Bytes::from(fields.get("q").cloned().unwrap_or_default()),
+            state: StreamState::from_i64(num("s")? as i64).ok_or_else(|| corrupt("state"))?,
+            created_ms: num("c")?,
+            updated_ms: num("u")?,
+            last_seq: num("l")?,
+            first_seq: num("f")?,
+            lease,
+            fence: num("n")?,
+        })
+    }
+}
+
+struct RedisFetch {
+    shared: Arc<Shared>,
+    id: StreamId,
+}
+
+impl Fetch for RedisFetch {
+    fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Chunk> {
+        let shared = Arc::clone(&self.shared);
+        let id = self.id;
+        let upto = upto.min(after + FETCH_CHUNK);
+        Box::pin(async move {
+            let keys = [shared.meta_key(id), shared.records_key(id)];
+            let args = vec![
+                after.to_string().into_bytes(),
+                upto.to_string().into_bytes(),
+            ];
+            let (status, values) = shared.run(&shared.scripts.fetch, &keys, args).await?;
+            if status != "ok" {
+                return Err(refusal(id, 0, &status, &values));
+            }
+            let first = number(value_at(&values, 0)?)?;
+            let mut chunk = Chunk {
+                after: after.max(first.saturating_sub(1)),
+                records: Vec::new(),
+            };
+            let Value::Array(entries) = value_at(&values, 1)? else {
+                return Err(corrupt("records are not an array"));
+            };
+            for entry in entries {
+                let Value::Array(parts) = entry else {
+                    return Err(corrupt("an entry is not an array"));
+                };
+                let entry_id = text(value_at(parts, 0)?)?;
+                let seq = entry_id
+                    .split('-')
+                    .next()
+                    .and_then(|s| s.parse::<Seq>().ok())
+                    .ok_or_else(|| corrupt("an entry id"))?;
+                let Value::Array(fields) = value_at(parts, 1)? else {
+                    return Err(corrupt("an entry's fields"));
+                };
+                let mut body = None;
+                for pair in fields.chunks(2) {
+                    if let [Value::BulkString(name), value] = pair
+                        && name == b"r"
+                    {
+                        body = Some(value);
+                    }
+                }
+                let Some(Value::BulkString(body)) = body else {
+                    return Err(corrupt("an entry without a record"));
+                };
+                let record: Record =
+                    serde_json::from_slice(body).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                chunk.records.push((seq, record));
+            }
+            Ok(chunk)
+        })
+    }
+}
+
+impl StreamLog for RedisLog {
+    fn create(&self, new: NewStream) -> LogFuture<'_, StreamMeta> {
+        Box::pin(async move { Ok(create(&self.shared, new, None).await?.0) })
+    }
+
+    fn create_leased(
+        &self,
+        new: NewStream,
+        holder: String,
+        ttl: Duration,
+    ) -> LogFuture<'_, (StreamMeta, Lease)> {
+        Box::pin(async move {
+            let (meta, lease) = create(&self.shared, new, Some((holder, ttl))).await?;
+            let lease = lease.ok_or_else(|| corrupt("no lease granted"))?;
+            Ok((meta, lease))
+        })
+    }
+
+    fn append(
+        &self,
+        id: StreamId,
+        token: FencingToken,
+        records: Vec<Record>,
+    ) -> LogFuture<'_, Seq> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Err(LogError::InvalidArgument("append of zero records"));
+            }
+            let shared = &self.shared;
+            let now = shared.clock.now_ms();
+            let mut args = vec![
+                token.to_string().into_bytes(),
+                now.to_string().into_bytes(),
+                shared.channel().into_bytes(),
+                id.to_string().into_bytes(),
+            ];
+            for record in &records {
+                args.push(
+                    record
+                        .to_json()
+                        .map_err(|e| LogError::Corrupt(e.to_string()))?,
+                );
+            }
+            let keys = [shared.meta_key(id), shared.records_key(id)];
+            let (status, values) = shared.run(&shared.scripts.append, &keys, args).await?;
+            if status != "ok" {
+                return Err(refusal(id, token, &status, &values));
+            }
+            let first = number(value_at(&values, 0)?)?;
+            let last = first + records.len() as u64 - 1;
+            shared.advance(id, last, false);
+            Ok(last)
+        })
+    }
+
+    fn finish(&self, id: StreamId, token: FencingToken, state: StreamState) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            if !state.is_terminal() {
+                return Err(LogError::InvalidArgument("finish needs a terminal state"));
+            }
+            let shared = &self.shared;
+            let meta = shared.status(id).await?;
+            let args = vec![
+                token.to_string().into_bytes(),
+                state.to_i64().to_string().into_bytes(),
+                shared.clock.now_ms().to_string().into_bytes(),
+                millis(shared.config.stream_ttl)
+                    .max(1)
+                    .to_string()
+                    .into_bytes(),
+                shared.channel().into_bytes(),
+                id.to_string().into_bytes(),
+            ];
+            let keys = [shared.meta_key(id), shared.records_key(id)];
+            let (status, values) = shared.run(&shared.scripts.finish, &keys, args).await?;
+            if status != "ok" {
+                return Err(refusal(id, token, &status, &values));
+            }
+            shared.advance(id, meta.last_seq, true);
+            shared.index_lease(id, meta.kind, false).await;
+            let ended = redis::cmd("ZADD")
+                .arg(shared.ended_key())
+                .arg(shared.clock.now_ms())
+                .arg(id.to_string())
+                .clone();
+            shared.command::<Value>(&ended).await?;
+            Ok(())
+        })
+    }
+
+    fn read(&self, id: StreamId, after: Seq) -> LogFuture<'_, RecordStream> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let rx = {
+                let mut heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+                heads.retain(|_, head| head.receiver_count() > 0);
+                heads
+                    .entry(id)
+                    .or_insert_with(|| watch::Sender::new(Head::default()))
+                    .subscribe()
+            };
+            // Read after subscribing: a notification in between only raises the head.
+            let meta = shared.status(id).await?;
+            shared.advance(id, meta.last_seq, meta.state.is_terminal());
+            let fetch = Arc::new(RedisFetch {
+                shared: Arc::clone(shared),
+                id,
+            });
+            Ok(follow(fetch, HeadSource::Live(rx), after))
+        })
+    }
+
+    fn status(&self, id: StreamId) -> LogFuture<'_, StreamMeta> {
+        Box::pin(self.shared.status(id))
+    }
+
+    fn acquire_lease(&self, id: StreamId, holder: String, ttl: Duration) -> LogFuture<'_, Lease> {
+        Box::pin(acquire(&self.shared, id, holder, ttl, String::new()))
+    }
+
+    fn take_over_lease(
+        &self,
+        id: StreamId,
+        holder: String,
+        ttl: Duration,
+        dead: String,
+    ) -> LogFuture<'_, Lease> {
+        Box::pin(acquire(&self.shared, id, holder, ttl, dead))
+    }
+
+    fn leased_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<(StreamId, Lease)>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let mut conn = shared.conn().await?;
+            let members: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(shared.leased_key())
+                .query_async(&mut conn)
+                .await
+                .map_err(storage)?;
+            let wanted = format!("{}:", kind.to_i64());
+            let mut leased = Vec::new();
+            for member in members {
+                let Some(id) = member
+                    .strip_prefix(&wanted)
+                    .and_then(|id| id.parse::<StreamId>().ok())
+                else {
+                    continue;
+                };
+                match shared.status(id).await {
+                    Ok(meta) if meta.state == StreamState::Open && meta.lease.is_some() => {
+                        leased.extend(meta.lease.map(|lease| (id, lease)));
+                    }
+                    Ok(_) | Err(LogError::NotFound(_)) => {
+                        shared.index_lease(id, kind, false).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(leased)
+        })
+    }
+
+    fn renew_lease(
+        &self,
+        id: StreamId,
+        token: FencingToken,
+        ttl: Duration,
+    ) -> LogFuture<'_, Lease> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let args = vec![
+                token.to_string().into_bytes(),
+                millis(ttl).to_string().into_bytes(),
+                shared.clock.now_ms().to_string().into_bytes(),
+            ];
+            let (status, values) = shared
+                .run(&shared.scripts.renew, &[shared.meta_key(id)], args)
+                .await?;
+            if status != "ok" {
+                return Err(refusal(id, token, &status, &values));
+            }
+            Ok(Lease {
+                holder: text(value_at(&values, 0)?)?,
+                token,
+                expires_at_ms: number(value_at(&values, 1)?)?,
+            })
+        })
+    }
+
+    fn release_lease(&self, id: StreamId, token: FencingToken) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let args = vec![
+                token.to_string().into_bytes(),
+                shared.clock.now_ms().to_string().into_bytes(),
+            ];
+            let (status, values) = shared
+                .run(&shared.scripts.release, &[shared.meta_key(id)], args)
+                .await?;
+            if status != "ok" {
+                return Err(refusal(id, token, &status, &values));
+            }
+            if let Ok(meta) = shared.status(id).await {
+                shared.index_lease(id, meta.kind, false).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn trim(&self, id: StreamId, trim: Trim) -> LogFuture<'_, Seq> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let now = shared.clock.now_ms();
+            let cutoff = crate::control::Control::age_cutoff(&trim, now);
+            let args = vec![
+                trim.keep_after.to_string().into_bytes(),
+                trim.max_records
+                    .map_or_else(|| "-1".to_owned(), |n| n.to_string())
+                    .into_bytes(),
+                cutoff
+                    .map_or_else(|| "-1".to_owned(), |n| n.to_string())
+                    .into_bytes(),
+            ];
+            let keys = [shared.meta_key(id), shared.records_key(id)];
+            let (status, values) = shared.run(&shared.scripts.trim, &keys, args).await?;
+            if status != "ok" {
+                return Err(refusal(id, 0, &status, &values));
+            }
+            number(value_at(&values, 0)?)
+        })
+    }
+
+    fn insert_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+        entry: IdempotencyEntry,
+    ) -> LogFuture<'_, IdempotencyOutcome> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let mut conn = shared.conn().await?;
+            let hash: String = entry
+                .request_hash
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let value = format!("{} {hash}", entry.stream);
+            let name = shared.key_key(&principal, &key);
+            let previous: Option<String> = redis::cmd("SET")
+                .arg(&name)
+                .arg(value)
+                .arg("NX")
+                .arg("GET")
+                .query_async(&mut conn)
+                .await
+                .map_err(storage)?;
+            let Some(previous) = previous else {
+                // Indexed for retention: with its stream, or alone after the TTL.
+                let by_stream = redis::cmd("SADD")
+                    .arg(shared.stream_keys_key(entry.stream))
+                    .arg(&name)
+                    .clone();
+                shared.command::<Value>(&by_stream).await?;
+                let by_time = redis::cmd("ZADD")
+                    .arg(shared.keys_key())
+                    .arg(shared.clock.now_ms())
+                    .arg(&name)
+                    .clone();
+                shared.command::<Value>(&by_time).await?;
+                return Ok(IdempotencyOutcome::Inserted);
+            };
+            let (stream, hash) = previous
+                .split_once(' ')
+                .ok_or_else(|| corrupt("a key's value"))?;
+            let stream = stream.parse().map_err(|_| corrupt("a key's stream"))?;
+            let request_hash = (0..hash.len() / 2)
+                .map(|i| u8::from_str_radix(&hash[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|_| corrupt("a key's hash"))?;
+            Ok(IdempotencyOutcome::Existing(IdempotencyEntry {
+                stream,
+                request_hash,
+            }))
+        })
+    }
+
+    fn release_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+        stream: StreamId,
+    ) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let keys = [shared.key_key(&principal, &key)];
+            let args = vec![stream.to_string().into_bytes()];
+            shared.run(&shared.scripts.release_key, &keys, args).await?;
+            Ok(())
+        })
+    }
+
+    fn purge_expired(&self) -> LogFuture<'_, usize> {
+        Box::pin(retention::purge(&self.shared))
+    }
+}
+
+async fn create(
+    shared: &Arc<Shared>,
+    new: NewStream,
+    lease: Option<(String, Duration)>,
+) -> Result<(StreamMeta, Option<Lease>), LogError> {
+    let now = shared.clock.now_ms();
+    let (holder, ttl) = lease.clone().unwrap_or_default();
+    let args = vec![
+        new.owner.clone().into_bytes(),
+        new.kind.to_i64().to_string().into_bytes(),
+        new.request.to_vec(),
+        now.to_string().into_bytes(),
+        holder.clone().into_bytes(),
+        millis(ttl).to_string().into_bytes(),
+    ];
+    let (status, values) = shared
+        .run(&shared.scripts.create, &[shared.meta_key(new.id)], args)
+        .await?;
+    if status != "ok" {
+        return Err(refusal(new.id, 0, &status, &values));
+    }
+    let fence = number(value_at(&values, 0)?)?;
+    let lease = match lease {
+        Some(_) => {
+            shared.index_lease(new.id, new.kind, true).await;
+            Some(Lease {
+                holder,
+                token: fence,
+                expires_at_ms: number(value_at(&values, 1)?)?,
+            })
+        }
+        None => None,
+    };
+    let meta = StreamMeta {
+        id: new.id,
+        owner: new.owner,
+        kind: new.kind,
+        request: new.request,
+        state: StreamState::Open,
+        created_ms: now,
+        updated_ms: now,
+        last_seq: 0,
+        first_seq: 1,
+        lease: lease.clone(),
+        fence,
+    };
+    Ok((meta, lease))
+}
+
+async fn acquire(
+    shared: &Arc<Shared>,
+    id: StreamId,
+    holder: String,
+    ttl: Duration,
+    dead: String,
+) -> Result<Lease, LogError> {
+    let now = shared.clock.now_ms();
+    let args = vec![
+        holder.clone().into_bytes(),
+        millis(ttl).to_string().into_bytes(),
+        now.to_string().into_bytes(),
+        dead.into_bytes(),
+    ];
+    let (status, values) = shared
+        .run(&shared.scripts.acquire, &[shared.meta_key(id)], args)
+        .await?;
+    if status != "ok" {
+        return Err(refusal(id, 0, &status, &values));
+    }
+    if let Ok(meta) = shared.status(id).await {
+        shared.index_lease(id, meta.kind, true).await;
+    }
+    Ok(Lease {
+        holder,
+        token: number(value_at(&values, 0)?)?,
+        expires_at_ms: number(value_at(&values, 1)?)?,
+    })
+}
