@@ -223,8 +223,11 @@ impl From<streamlog::LogError> for ApiError {
                 ApiError::not_found("stream_not_found", "no such stream")
             }
             error @ streamlog::LogError::Storage(_) => {
-                tracing::error!(%error, "the stream log cannot be written");
-                ApiError::unavailable("the stream log cannot be written; try again later")
+                tracing::error!(%error, "the stream log failed");
+                ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::unavailable("the stream log is unavailable; try again shortly")
+                }
             }
             other => ApiError::internal("stream log", &other),
         }

@@ -120,3 +120,53 @@ async fn a_topic_reaches_subscribers_on_every_node() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_goes_away_is_a_clear_503_and_comes_back_without_a_restart() {
+    let mut redis = LocalServer::start().unwrap();
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 100_000,
+        interval_ms: 2,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let a = node(&redis, "node-a", &upstream).await;
+    let ready = |gateway: &Gateway| {
+        let url = format!("{}/ready", gateway.url);
+        async move { http().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&a).await, 200);
+    let mut answer = Events::new(a.chat(&chat_body("m", true)).await);
+    answer.next().await.expect("the answer begins");
+
+    redis.kill();
+    // The answer in flight ends (its reader can resume later), never as finished;
+    // nothing hangs.
+    let rest = tokio::time::timeout(WITHIN, answer.rest())
+        .await
+        .expect("the reader ends");
+    assert!(rest.iter().all(|e| e.data != "[DONE]"));
+    let refused = a.chat(&chat_body("m", true)).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "unavailable", "{error}");
+    assert_eq!(ready(&a).await, 503);
+
+    // Back (empty, as a Redis without persistence): served again, no restart.
+    redis.restart().unwrap();
+    let served = tokio::time::timeout(WITHIN, async {
+        loop {
+            let response = a.chat(&chat_body("m", true)).await;
+            if response.status() == 200 {
+                return response;
+            }
+            // A client's retry, as Retry-After asks.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the gateway serves again");
+    drop(served);
+    assert_eq!(ready(&a).await, 200);
+}

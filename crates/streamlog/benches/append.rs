@@ -1,5 +1,6 @@
 //! Append throughput (events/s) with 1, 100 and 10,000 concurrently appending streams,
-//! ~100-byte records, single-record appends and batches of 16, memory and sqlite.
+//! ~100-byte records, single-record appends and batches of 16, memory, sqlite and redis
+//! (a throwaway `redis-server` on a Unix socket, no persistence).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use streamlog::{
-    MemoryLog, NewStream, Record, SqliteConfig, SqliteLog, StreamId, StreamKind, StreamLog,
-    SystemClock,
+    MemoryLog, NewStream, Record, RedisConfig, RedisLog, SqliteConfig, SqliteLog, StreamId,
+    StreamKind, StreamLog, SystemClock,
 };
 
 /// A ~100-byte record (its JSON is 100 bytes).
@@ -69,9 +70,13 @@ fn bench(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    for backend in ["memory", "sqlite"] {
+    let redis = streamlog::redis::LocalServer::start().unwrap();
+    for backend in ["memory", "sqlite", "redis"] {
         let log: Arc<dyn StreamLog> = match backend {
             "memory" => Arc::new(MemoryLog::new(Arc::new(SystemClock))),
+            "redis" => Arc::new(
+                RedisLog::open(RedisConfig::new(redis.url.clone()), Arc::new(SystemClock)).unwrap(),
+            ),
             _ => Arc::new(
                 SqliteLog::open(
                     SqliteConfig::new(dir.path().join("append.db")),

@@ -45,9 +45,11 @@
 //!   in-memory tail and never makes the writer buffer for it.
 //! - Writes carry a fencing token; only the token of the current lease is accepted.
 //!
-//! # Mapping onto Redis Streams (a later backend)
+//! # Mapping onto Redis Streams
 //!
-//! The trait maps onto Redis without changes: records live in a Redis Stream per
+//! The [`redis`] backend implements this mapping (with a notification channel rather
+//! than keyspace notifications, and retention by the log's clock). The trait maps onto
+//! Redis without changes: records live in a Redis Stream per
 //! stream id, appended with `XADD key <seq>-0 …` (explicit ids, so Redis itself refuses
 //! an id at or below the top — a second fence); `read(id, after)` is `XRANGE key
 //! (<after>-0 +` for replay followed by `XREAD BLOCK 0 STREAMS key <last>-0` for live

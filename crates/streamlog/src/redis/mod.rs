@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 
 use crate::clock::{Clock, millis};
 use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head, HeadSource, follow};
@@ -87,7 +87,8 @@ pub struct RedisLog {
 
 struct Shared {
     client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    /// The command connection, made on first use and again after a connection error.
+    conn: std::sync::RwLock<Option<ConnectionManager>>,
     config: RedisConfig,
     clock: Arc<dyn Clock>,
     /// The head of every stream read here.
@@ -123,7 +124,7 @@ impl RedisLog {
         let client = redis::Client::open(config.url.as_str()).map_err(storage)?;
         let shared = Arc::new(Shared {
             client,
-            conn: OnceCell::new(),
+            conn: std::sync::RwLock::default(),
             config,
             clock,
             heads: Mutex::default(),
@@ -154,18 +155,50 @@ impl RedisLog {
 
 impl Shared {
     async fn conn(&self) -> Result<ConnectionManager, LogError> {
-        let conn = self
+        let cached = self
             .conn
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(self.config.response_timeout))
-                    .set_connection_timeout(Some(self.config.response_timeout))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.config.response_timeout))
+            .set_connection_timeout(Some(self.config.response_timeout))
+            .set_number_of_retries(1);
+        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+        let conn = tokio::time::timeout(self.config.response_timeout, connecting)
             .await
+            .map_err(|_| timed_out())?
             .map_err(storage)?;
-        Ok(conn.clone())
+        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// `result` of a command; a connection that failed is dropped, so the next command
+    /// connects afresh (Redis restarted, or the network came back).
+    fn checked<T>(
+        &self,
+        result: Result<Result<T, redis::RedisError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, LogError> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                if error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_timeout()
+                {
+                    *self.conn.write().unwrap_or_else(PoisonError::into_inner) = None;
+                }
+                Err(storage(error))
+            }
+            Err(_) => {
+                *self.conn.write().unwrap_or_else(PoisonError::into_inner) = None;
+                Err(timed_out())
+            }
+        }
     }
 
     fn meta_key(&self, id: StreamId) -> String {
@@ -193,12 +226,6 @@ impl Shared {
         format!("{}:{{{id}}}:k", self.config.prefix)
     }
 
-    /// Run one command, as a storage error if Redis fails.
-    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LogError> {
-        let mut conn = self.conn().await?;
-        cmd.query_async(&mut conn).await.map_err(storage)
-    }
-
     fn channel(&self) -> String {
         format!("{}:notify", self.config.prefix)
     }
@@ -209,6 +236,14 @@ impl Shared {
             self.config.prefix,
             principal.len()
         )
+    }
+
+    /// Run one command, as a storage error if Redis fails or does not answer in time.
+    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LogError> {
+        let mut conn = self.conn().await?;
+        let answered =
+            tokio::time::timeout(self.config.response_timeout, cmd.query_async(&mut conn)).await;
+        self.checked(answered)
     }
 
     async fn run(
@@ -225,8 +260,12 @@ impl Shared {
         for arg in args {
             invocation.arg(arg);
         }
-        let value: Value = invocation.invoke_async(&mut conn).await.map_err(storage)?;
-        answer(value)
+        let answered = tokio::time::timeout(
+            self.config.response_timeout,
+            invocation.invoke_async(&mut conn),
+        )
+        .await;
+        answer(self.checked(answered)?)
     }
 
     /// Advance the watched head of `id` (if anyone here reads it) to `last`.
@@ -244,14 +283,9 @@ impl Shared {
 
     async fn index_lease(&self, id: StreamId, kind: StreamKind, leased: bool) {
         let member = format!("{}:{id}", kind.to_i64());
-        let Ok(mut conn) = self.conn().await else {
-            return;
-        };
         let verb = if leased { "SADD" } else { "SREM" };
-        let done: Result<Value, _> = redis::cmd(verb)
-            .arg(self.leased_key())
-            .arg(member)
-            .query_async(&mut conn)
+        let done: Result<Value, _> = self
+            .command(redis::cmd(verb).arg(self.leased_key()).arg(member))
             .await;
         if let Err(error) = done {
             tracing::warn!(%error, stream = %id, "cannot index the stream's lease");
@@ -259,12 +293,9 @@ impl Shared {
     }
 
     async fn status(&self, id: StreamId) -> Result<StreamMeta, LogError> {
-        let mut conn = self.conn().await?;
-        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(self.meta_key(id))
-            .query_async(&mut conn)
-            .await
-            .map_err(storage)?;
+        let fields: HashMap<String, Vec<u8>> = self
+            .command(redis::cmd("HGETALL").arg(self.meta_key(id)))
+            .await?;
         if fields.is_empty() {
             return Err(LogError::NotFound(id));
         }
@@ -493,12 +524,9 @@ impl StreamLog for RedisLog {
     fn leased_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<(StreamId, Lease)>> {
         Box::pin(async move {
             let shared = &self.shared;
-            let mut conn = shared.conn().await?;
-            let members: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(shared.leased_key())
-                .query_async(&mut conn)
-                .await
-                .map_err(storage)?;
+            let members: Vec<String> = shared
+                .command(redis::cmd("SMEMBERS").arg(shared.leased_key()))
+                .await?;
             let wanted = format!("{}:", kind.to_i64());
             let mut leased = Vec::new();
             for member in members {
@@ -600,7 +628,6 @@ impl StreamLog for RedisLog {
     ) -> LogFuture<'_, IdempotencyOutcome> {
         Box::pin(async move {
             let shared = &self.shared;
-            let mut conn = shared.conn().await?;
             let hash: String = entry
                 .request_hash
                 .iter()
@@ -608,14 +635,9 @@ impl StreamLog for RedisLog {
                 .collect();
             let value = format!("{} {hash}", entry.stream);
             let name = shared.key_key(&principal, &key);
-            let previous: Option<String> = redis::cmd("SET")
-                .arg(&name)
-                .arg(value)
-                .arg("NX")
-                .arg("GET")
-                .query_async(&mut conn)
-                .await
-                .map_err(storage)?;
+            let previous: Option<String> = shared
+                .command(redis::cmd("SET").arg(&name).arg(value).arg("NX").arg("GET"))
+                .await?;
             let Some(previous) = previous else {
                 // Indexed for retention: with its stream, or alone after the TTL.
                 let by_stream = redis::cmd("SADD")
@@ -743,4 +765,11 @@ async fn acquire(
         token: number(value_at(&values, 0)?)?,
         expires_at_ms: number(value_at(&values, 1)?)?,
     })
+}
+
+fn timed_out() -> LogError {
+    LogError::Storage(Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis did not answer in time",
+    )))
 }

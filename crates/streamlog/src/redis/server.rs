@@ -16,12 +16,37 @@ impl LocalServer {
     /// # Errors
     /// When `redis-server` is missing or does not start.
     pub fn start() -> std::io::Result<LocalServer> {
-        use std::io::BufRead;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("unbroken-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("redis.sock");
+        let child = Self::spawn(&dir, &socket)?;
+        Ok(LocalServer {
+            child,
+            url: format!("redis+unix://{}", socket.display()),
+            dir,
+        })
+    }
+
+    /// Kill it and start a new, empty one at the same address (a Redis restarted without
+    /// persistence).
+    ///
+    /// # Errors
+    /// As [`LocalServer::start`].
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        let socket = self.dir.join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
+        self.child = Self::spawn(&self.dir, &socket)?;
+        Ok(())
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        socket: &std::path::Path,
+    ) -> std::io::Result<std::process::Child> {
+        use std::io::BufRead;
         let mut child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -32,9 +57,9 @@ impl LocalServer {
                 "no",
                 "--unixsocket",
             ])
-            .arg(&socket)
+            .arg(socket)
             .args(["--unixsocketperm", "700", "--dir"])
-            .arg(&dir)
+            .arg(dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -65,11 +90,7 @@ impl LocalServer {
         }
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Ok(LocalServer {
-            child,
-            url: format!("redis+unix://{}", socket.display()),
-            dir,
-        })
+        Ok(child)
     }
 
     /// Stop it with SIGKILL (its data is gone: it keeps none).
