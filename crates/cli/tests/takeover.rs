@@ -292,40 +292,98 @@ async fn a_session_answer_is_relayed_to_its_end_after_kill_9() {
     assert_eq!(next.status(), 202, "the session is free again");
 }
 
-/// Two nodes on one Redis: `kill -9` of the node writing an answer; its reader
-/// reconnects to the other node with its `Last-Event-ID`, which takes the answer over
-/// once the dead node's lease expired and finishes it whole.
+/// A TCP proxy on 127.0.0.1 spreading connections over `backends` in turn, skipping any
+/// that refuses (a dead node), as a load balancer would. Serves while `tasks` lives.
+async fn proxy(backends: Vec<String>, tasks: &tokio_util::task::TaskTracker) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let inner = tasks.clone();
+    tasks.spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let backends = backends.clone();
+            inner.spawn(async move {
+                for i in 0..backends.len() {
+                    let addr = backends[(start + i) % backends.len()].trim_start_matches("http://");
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(addr).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Three nodes on one Redis behind a proxy; the local model at temperature 0. `kill -9`
+/// of the node writing an answer: its reader reconnects through the proxy with its
+/// `Last-Event-ID`, another node takes the answer over once the dead node's lease
+/// expired, and the whole text is byte-identical to an uninterrupted run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_node_finishes_an_answer_whose_node_died() {
     let redis = streamlog::redis::LocalServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(
-        dir.path(),
-        "[store]\nlease_ttl_ms = 1000\n\n[[models]]\nname = \"sim\"\ntargets = [{ provider = \"simulator\", tokens = 300, interval_ms = 10 }]\n",
-    );
-    let a = Server::start(Some(&config), &redis.url);
-    let b = Server::start(Some(&config), &redis.url);
+    let config = config(dir.path(), "[store]\nlease_ttl_ms = 1000\n");
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| Server::start(Some(&config), &redis.url))
+        .collect();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let url = proxy(nodes.iter().map(|n| n.url.clone()).collect(), &tasks).await;
+    let through = |path: &str| format!("{url}{path}");
     let body = json!({
-        "model": "sim",
+        "model": "smollm2",
         "stream": true,
-        "messages": [{ "role": "user", "content": "Tell me a story." }],
+        "temperature": 0,
+        "max_tokens": 200,
+        "messages": [{ "role": "user", "content": "Name three colours of the rainbow and say one thing about each." }],
     });
+    let ask = || {
+        http()
+            .post(through("/v1/chat/completions"))
+            .header("connection", "close")
+            .json(&body)
+            .send()
+    };
     let reference = Answer::default()
-        .read_to_end(&mut events(post(&b, &body, None).await), WITHIN)
+        .read_to_end(&mut events(ask().await.unwrap()), WITHIN)
         .await;
+    assert_eq!(reference.finish.as_deref(), Some("stop"), "{reference:?}");
 
-    let response = post(&a, &body, None).await;
+    let response = ask().await.unwrap();
     let id = stream_id(&response);
     let mut live = events(response);
     let mut before = Answer::default();
-    for _ in 0..20 {
+    for _ in 0..10 {
         before.add(&live.next().await.expect("the answer goes on"));
     }
-    a.kill_9();
+    // The node writing it is the one with a generation running.
+    let mut writer = None;
+    for (i, node) in nodes.iter().enumerate() {
+        let metrics = http()
+            .get(format!("{}/metrics", node.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|line| line == "unbroken_active_streams 1")
+        {
+            writer = Some(i);
+        }
+    }
+    let mut nodes = nodes;
+    nodes
+        .remove(writer.expect("one node writes the answer"))
+        .kill_9();
     drop(live);
 
     let rest = http()
-        .get(format!("{}/v1/streams/{id}", b.url))
+        .get(through(&format!("/v1/streams/{id}")))
         .header("last-event-id", &before.last_id)
         .send()
         .await

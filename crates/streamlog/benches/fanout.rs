@@ -2,6 +2,8 @@
 //! from the start of `append` (so including the sqlite commit) to each reader receiving
 //! the record. The writer appends the next record only after every reader got the
 //! previous one, so this measures wake-up latency, not queueing. Prints p50/p99/max.
+//! Redis twice: readers on the writer's own connection (one node), and on a second
+//! `RedisLog` (another node: woken through Redis's notification channel).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use streamlog::{
-    MemoryLog, NewStream, Record, SqliteConfig, SqliteLog, StreamId, StreamKind, StreamLog,
-    StreamState, SystemClock,
+    MemoryLog, NewStream, Record, RedisConfig, RedisLog, SqliteConfig, SqliteLog, StreamId,
+    StreamKind, StreamLog, StreamState, SystemClock,
 };
 use tokio::sync::Notify;
 
@@ -29,7 +31,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-async fn measure(name: &str, log: Arc<dyn StreamLog>) {
+/// `log` writes; the readers read through `readers_log` (the same log, or another node's).
+async fn measure(name: &str, log: Arc<dyn StreamLog>, readers_log: Arc<dyn StreamLog>) {
     let id = StreamId::new();
     log.create(NewStream {
         id,
@@ -48,7 +51,7 @@ async fn measure(name: &str, log: Arc<dyn StreamLog>) {
     let all_in = Arc::new(Notify::new());
     let mut readers = tokio::task::JoinSet::new();
     for _ in 0..READERS {
-        let mut reader = log.read(id, 0).await.unwrap();
+        let mut reader = readers_log.read(id, 0).await.unwrap();
         let (received, all_in) = (Arc::clone(&received), Arc::clone(&all_in));
         readers.spawn(async move {
             let mut samples = Vec::with_capacity(ROUNDS as usize);
@@ -106,12 +109,23 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        measure("memory", Arc::new(MemoryLog::new(Arc::new(SystemClock)))).await;
-        let sqlite = SqliteLog::open(
-            SqliteConfig::new(dir.path().join("fanout.db")),
-            Arc::new(SystemClock),
-        )
-        .unwrap();
-        measure("sqlite", Arc::new(sqlite)).await;
+        let memory: Arc<dyn StreamLog> = Arc::new(MemoryLog::new(Arc::new(SystemClock)));
+        measure("memory", Arc::clone(&memory), memory).await;
+        let sqlite: Arc<dyn StreamLog> = Arc::new(
+            SqliteLog::open(
+                SqliteConfig::new(dir.path().join("fanout.db")),
+                Arc::new(SystemClock),
+            )
+            .unwrap(),
+        );
+        measure("sqlite", Arc::clone(&sqlite), sqlite).await;
+        let server = streamlog::redis::LocalServer::start().unwrap();
+        let node = || -> Arc<dyn StreamLog> {
+            let config = RedisConfig::new(server.url.clone());
+            Arc::new(RedisLog::open(config, Arc::new(SystemClock)).unwrap())
+        };
+        let a = node();
+        measure("redis (one node)", Arc::clone(&a), Arc::clone(&a)).await;
+        measure("redis (across nodes)", a, node()).await;
     });
 }
