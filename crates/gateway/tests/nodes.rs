@@ -170,3 +170,93 @@ async fn a_redis_that_goes_away_is_a_clear_503_and_comes_back_without_a_restart(
     drop(served);
     assert_eq!(ready(&a).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_tasks_are_driven_across_nodes() {
+    let redis = LocalServer::start().unwrap();
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 20,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let a = node(&redis, "node-a", &upstream).await;
+    let b = node(&redis, "node-b", &upstream).await;
+    let post = |url: String, body: serde_json::Value| async move {
+        http().post(url).json(&body).send().await.unwrap()
+    };
+
+    // A session: the channel on node b, the messages on node a and then node b.
+    let channel = http()
+        .get(format!("{}/v1/sessions/s1/events", b.url))
+        .send()
+        .await
+        .unwrap();
+    let mut channel = Events::new(channel);
+    for (n, gateway) in [&a, &b].into_iter().enumerate() {
+        let sent = post(
+            format!("{}/v1/sessions/s1/messages", gateway.url),
+            serde_json::json!({ "content": format!("question {n}") }),
+        )
+        .await;
+        assert_eq!(sent.status(), 202, "message {n}");
+        let complete = tokio::time::timeout(WITHIN, async {
+            loop {
+                let event = channel.next().await.expect("the channel goes on");
+                if event.event == "complete" {
+                    return event;
+                }
+            }
+        })
+        .await
+        .expect("the answer completes");
+        let complete: serde_json::Value = serde_json::from_str(&complete.data).unwrap();
+        assert_eq!(complete["tokenCount"], 20);
+    }
+    let history: serde_json::Value = http()
+        .get(format!("{}/v1/sessions/s1", a.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        4,
+        "{history}"
+    );
+
+    // A task: created on a, progress from b, watched on a, completed from b.
+    let created: serde_json::Value = post(
+        format!("{}/v1/tasks", a.url),
+        serde_json::json!({ "total": 2 }),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let task = created["taskId"].as_str().unwrap().to_owned();
+    let watching = http()
+        .get(format!("{}/v1/tasks/{task}/events", a.url))
+        .send()
+        .await
+        .unwrap();
+    let watching = Events::new(watching);
+    let progress = post(
+        format!("{}/v1/tasks/{task}/progress", b.url),
+        serde_json::json!({ "step": 1 }),
+    )
+    .await;
+    assert_eq!(progress.status(), 200);
+    let done = post(
+        format!("{}/v1/tasks/{task}/complete", b.url),
+        serde_json::json!({ "result": "ok" }),
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    let events = tokio::time::timeout(WITHIN, watching.rest())
+        .await
+        .expect("the task's events end");
+    let names: Vec<&str> = events.iter().map(|e| &*e.event).collect();
+    assert_eq!(names, ["task_status", "progress", "completed"]);
+}
