@@ -1,6 +1,7 @@
-//! Replay of 10,000 ~100-byte records from disk: a finished stream in a freshly reopened
-//! sqlite log (so nothing is in the hot tail), read from seq 0; time to the first and to
-//! the last record. Prints the median and best of several runs.
+//! Replay of 10,000 ~100-byte records from storage: a finished stream in a freshly
+//! reopened log (sqlite: nothing in the hot tail; redis: a new connection, as another
+//! node's), read from seq 0; time to the first and to the last record. Prints the median
+//! and best of several runs.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use streamlog::{
-    NewStream, Record, SqliteConfig, SqliteLog, StreamId, StreamKind, StreamLog, StreamState,
-    SystemClock,
+    NewStream, Record, RedisConfig, RedisLog, SqliteConfig, SqliteLog, StreamId, StreamKind,
+    StreamLog, StreamState, SystemClock,
 };
 
 const RECORDS: u64 = 10_000;
@@ -32,8 +33,21 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replay.db");
-    let open = || SqliteLog::open(SqliteConfig::new(&path), Arc::new(SystemClock)).unwrap();
-    rt.block_on(async {
+    let sqlite = || -> Arc<dyn StreamLog> {
+        Arc::new(SqliteLog::open(SqliteConfig::new(&path), Arc::new(SystemClock)).unwrap())
+    };
+    rt.block_on(replay("sqlite", &sqlite));
+    let server = streamlog::redis::LocalServer::start().unwrap();
+    let redis = || -> Arc<dyn StreamLog> {
+        let config = RedisConfig::new(server.url.clone());
+        Arc::new(RedisLog::open(config, Arc::new(SystemClock)).unwrap())
+    };
+    rt.block_on(replay("redis", &redis));
+}
+
+/// Write the stream through one log from `open`, then replay it through fresh ones.
+async fn replay(name: &str, open: &dyn Fn() -> Arc<dyn StreamLog>) {
+    {
         let id = StreamId::new();
         {
             let log = open();
@@ -57,7 +71,9 @@ fn main() {
                     .collect();
                 log.append(id, lease.token, batch).await.unwrap();
             }
-            log.finish(id, lease.token, StreamState::Finished).await.unwrap();
+            log.finish(id, lease.token, StreamState::Finished)
+                .await
+                .unwrap();
         }
         let mut first = Vec::new();
         let mut last = Vec::new();
@@ -79,12 +95,12 @@ fn main() {
         first.sort();
         last.sort();
         println!(
-            "replay/sqlite {RECORDS} records: first record median {:?} (best {:?}); last record median {:?} (best {:?}); {:.0} records/s",
+            "replay/{name} {RECORDS} records: first record median {:?} (best {:?}); last record median {:?} (best {:?}); {:.0} records/s",
             first[RUNS / 2],
             first[0],
             last[RUNS / 2],
             last[0],
             RECORDS as f64 / last[RUNS / 2].as_secs_f64()
         );
-    });
+    }
 }

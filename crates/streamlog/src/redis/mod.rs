@@ -43,7 +43,7 @@ use redis::{Script, Value};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, millis};
-use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head, HeadSource, follow};
+use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head, HeadSource, Tail, follow};
 use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::{
@@ -91,10 +91,21 @@ struct Shared {
     conn: std::sync::RwLock<Option<ConnectionManager>>,
     config: RedisConfig,
     clock: Arc<dyn Clock>,
-    /// The head of every stream read here.
-    heads: Mutex<HashMap<StreamId, watch::Sender<Head>>>,
+    /// Every stream read here: its head and its last records.
+    heads: Mutex<HashMap<StreamId, Watched>>,
     scripts: Scripts,
 }
+
+/// A stream read on this node: the head its readers wait on, and its last records, which
+/// this node's appends and one fetch per notification from other nodes fill, so a
+/// thousand readers woken together read memory, not Redis.
+struct Watched {
+    head: watch::Sender<Head>,
+    tail: Arc<std::sync::RwLock<Tail>>,
+}
+
+/// Records kept per watched stream.
+const TAIL_CAPACITY: usize = 512;
 
 struct Scripts {
     create: Script,
@@ -271,14 +282,62 @@ impl Shared {
     /// Advance the watched head of `id` (if anyone here reads it) to `last`.
     fn advance(&self, id: StreamId, last: Seq, terminal: bool) {
         let heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(head) = heads.get(&id) {
-            head.send_if_modified(|h| {
+        if let Some(watched) = heads.get(&id) {
+            watched.head.send_if_modified(|h| {
                 let changed = last > h.last || (terminal && !h.terminal);
                 h.last = h.last.max(last);
                 h.terminal |= terminal;
                 changed
             });
         }
+    }
+
+    /// The tail of `id`, if anyone here reads it.
+    fn tail(&self, id: StreamId) -> Option<Arc<std::sync::RwLock<Tail>>> {
+        let heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        heads.get(&id).map(|watched| Arc::clone(&watched.tail))
+    }
+
+    /// Records `first..` of `id` are durable: keep them for its readers here, then wake
+    /// them.
+    fn written(&self, id: StreamId, first: Seq, records: Vec<Record>) {
+        let last = first + records.len() as u64 - 1;
+        if let Some(tail) = self.tail(id) {
+            tail.write().unwrap_or_else(PoisonError::into_inner).push(
+                first,
+                records,
+                TAIL_CAPACITY,
+            );
+        }
+        self.advance(id, last, false);
+    }
+
+    /// Another node appended to `id` up to `last`: fetch what this node's readers have
+    /// not seen once, for all of them, then wake them.
+    pub(super) async fn notified(&self, id: StreamId, last: Seq, terminal: bool) {
+        if let Some(tail) = self.tail(id) {
+            let next = tail.read().unwrap_or_else(PoisonError::into_inner).next();
+            let head = self
+                .heads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+                .map_or(0, |w| w.head.borrow().last);
+            let after = next.saturating_sub(1).max(head);
+            if after < last
+                && let Ok(chunk) = fetch_range(self, id, after, last).await
+                && let Some((first, _)) = chunk.records.first()
+            {
+                let first = *first;
+                let records = chunk.records.into_iter().map(|(_, r)| r);
+                tail.write().unwrap_or_else(PoisonError::into_inner).push(
+                    first,
+                    records,
+                    TAIL_CAPACITY,
+                );
+            }
+        }
+        self.advance(id, last, terminal);
     }
 
     async fn index_lease(&self, id: StreamId, kind: StreamKind, leased: bool) {
@@ -333,62 +392,80 @@ impl Shared {
 struct RedisFetch {
     shared: Arc<Shared>,
     id: StreamId,
+    tail: Arc<std::sync::RwLock<Tail>>,
 }
 
 impl Fetch for RedisFetch {
     fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Chunk> {
+        let hit = self
+            .tail
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(after, upto);
+        if let Some(chunk) = hit {
+            return Box::pin(std::future::ready(Ok(chunk)));
+        }
         let shared = Arc::clone(&self.shared);
         let id = self.id;
-        let upto = upto.min(after + FETCH_CHUNK);
-        Box::pin(async move {
-            let keys = [shared.meta_key(id), shared.records_key(id)];
-            let args = vec![
-                after.to_string().into_bytes(),
-                upto.to_string().into_bytes(),
-            ];
-            let (status, values) = shared.run(&shared.scripts.fetch, &keys, args).await?;
-            if status != "ok" {
-                return Err(refusal(id, 0, &status, &values));
-            }
-            let first = number(value_at(&values, 0)?)?;
-            let mut chunk = Chunk {
-                after: after.max(first.saturating_sub(1)),
-                records: Vec::new(),
-            };
-            let Value::Array(entries) = value_at(&values, 1)? else {
-                return Err(corrupt("records are not an array"));
-            };
-            for entry in entries {
-                let Value::Array(parts) = entry else {
-                    return Err(corrupt("an entry is not an array"));
-                };
-                let entry_id = text(value_at(parts, 0)?)?;
-                let seq = entry_id
-                    .split('-')
-                    .next()
-                    .and_then(|s| s.parse::<Seq>().ok())
-                    .ok_or_else(|| corrupt("an entry id"))?;
-                let Value::Array(fields) = value_at(parts, 1)? else {
-                    return Err(corrupt("an entry's fields"));
-                };
-                let mut body = None;
-                for pair in fields.chunks(2) {
-                    if let [Value::BulkString(name), value] = pair
-                        && name == b"r"
-                    {
-                        body = Some(value);
-                    }
-                }
-                let Some(Value::BulkString(body)) = body else {
-                    return Err(corrupt("an entry without a record"));
-                };
-                let record: Record =
-                    serde_json::from_slice(body).map_err(|e| LogError::Corrupt(e.to_string()))?;
-                chunk.records.push((seq, record));
-            }
-            Ok(chunk)
-        })
+        Box::pin(async move { fetch_range(&shared, id, after, upto).await })
     }
+}
+
+/// Records `(after, upto]` of `id` from Redis (at most a fetch chunk), with the first
+/// kept seq.
+async fn fetch_range(
+    shared: &Shared,
+    id: StreamId,
+    after: Seq,
+    upto: Seq,
+) -> Result<Chunk, LogError> {
+    let upto = upto.min(after + FETCH_CHUNK);
+    let keys = [shared.meta_key(id), shared.records_key(id)];
+    let args = vec![
+        after.to_string().into_bytes(),
+        upto.to_string().into_bytes(),
+    ];
+    let (status, values) = shared.run(&shared.scripts.fetch, &keys, args).await?;
+    if status != "ok" {
+        return Err(refusal(id, 0, &status, &values));
+    }
+    let first = number(value_at(&values, 0)?)?;
+    let mut chunk = Chunk {
+        after: after.max(first.saturating_sub(1)),
+        records: Vec::new(),
+    };
+    let Value::Array(entries) = value_at(&values, 1)? else {
+        return Err(corrupt("records are not an array"));
+    };
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            return Err(corrupt("an entry is not an array"));
+        };
+        let entry_id = text(value_at(parts, 0)?)?;
+        let seq = entry_id
+            .split('-')
+            .next()
+            .and_then(|s| s.parse::<Seq>().ok())
+            .ok_or_else(|| corrupt("an entry id"))?;
+        let Value::Array(fields) = value_at(parts, 1)? else {
+            return Err(corrupt("an entry's fields"));
+        };
+        let mut body = None;
+        for pair in fields.chunks(2) {
+            if let [Value::BulkString(name), value] = pair
+                && name == b"r"
+            {
+                body = Some(value);
+            }
+        }
+        let Some(Value::BulkString(body)) = body else {
+            return Err(corrupt("an entry without a record"));
+        };
+        let record: Record =
+            serde_json::from_slice(body).map_err(|e| LogError::Corrupt(e.to_string()))?;
+        chunk.records.push((seq, record));
+    }
+    Ok(chunk)
 }
 
 impl StreamLog for RedisLog {
@@ -441,7 +518,7 @@ impl StreamLog for RedisLog {
             }
             let first = number(value_at(&values, 0)?)?;
             let last = first + records.len() as u64 - 1;
-            shared.advance(id, last, false);
+            shared.written(id, first, records);
             Ok(last)
         })
     }
@@ -484,13 +561,14 @@ impl StreamLog for RedisLog {
     fn read(&self, id: StreamId, after: Seq) -> LogFuture<'_, RecordStream> {
         Box::pin(async move {
             let shared = &self.shared;
-            let rx = {
+            let (rx, tail) = {
                 let mut heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
-                heads.retain(|_, head| head.receiver_count() > 0);
-                heads
-                    .entry(id)
-                    .or_insert_with(|| watch::Sender::new(Head::default()))
-                    .subscribe()
+                heads.retain(|_, watched| watched.head.receiver_count() > 0);
+                let watched = heads.entry(id).or_insert_with(|| Watched {
+                    head: watch::Sender::new(Head::default()),
+                    tail: Arc::default(),
+                });
+                (watched.head.subscribe(), Arc::clone(&watched.tail))
             };
             // Read after subscribing: a notification in between only raises the head.
             let meta = shared.status(id).await?;
@@ -498,6 +576,7 @@ impl StreamLog for RedisLog {
             let fetch = Arc::new(RedisFetch {
                 shared: Arc::clone(shared),
                 id,
+                tail,
             });
             Ok(follow(fetch, HeadSource::Live(rx), after))
         })

@@ -77,7 +77,7 @@ pub(super) fn subscribe(shared: std::sync::Weak<Shared>, stopped: std::sync::mps
                         let last = parts.next().and_then(|s| s.parse::<Seq>().ok());
                         let terminal = parts.next() == Some("1");
                         if let (Some(id), Some(last)) = (id, last) {
-                            log.advance(id, last, terminal);
+                            log.notified(id, last, terminal).await;
                         }
                     }
                     _ = tick.tick() => {
