@@ -260,3 +260,29 @@ async fn sessions_and_tasks_are_driven_across_nodes() {
     let names: Vec<&str> = events.iter().map(|e| &*e.event).collect();
     assert_eq!(names, ["task_status", "progress", "completed"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_on_another_node_stops_the_writer() {
+    let redis = LocalServer::start().unwrap();
+    let upstream = Upstream::start(SimulatorConfig {
+        tokens: 100_000,
+        interval_ms: 2,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let a = node(&redis, "node-a", &upstream).await;
+    let b = node(&redis, "node-b", &upstream).await;
+    let mut answer = Events::new(a.chat(&chat_body("m", true)).await);
+    let id = answer.stream_id();
+    answer.next().await.expect("the answer begins on node a");
+    let cancelled = b.cancel(&id).await;
+    assert_eq!(cancelled.status(), 202);
+    let rest = tokio::time::timeout(WITHIN, answer.rest())
+        .await
+        .expect("the answer stops");
+    let last: serde_json::Value = serde_json::from_str(&rest.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "cancelled", "{last}");
+    a.settle().await;
+    assert_eq!(b.status(&id).await["state"], "cancelled");
+    assert_eq!(a.permits("m", 0), 64, "the upstream slot is free again");
+}

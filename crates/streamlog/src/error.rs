@@ -56,6 +56,11 @@ pub enum LogError {
     /// The log has shut down (its writer is gone).
     #[error("stream log is closed")]
     Closed,
+    /// Another node asked for the stream to be cancelled ([`crate::StreamLog::request_cancel`]):
+    /// the append or renewal that reports it did nothing, and the writer should end the
+    /// stream as cancelled (its next write goes through).
+    #[error("stream {0}: cancel requested")]
+    CancelRequested(StreamId),
     /// The storage engine failed (I/O error, disk full, database locked …).
     #[error("storage error: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),

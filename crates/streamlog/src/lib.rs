@@ -261,6 +261,20 @@ pub trait StreamLog: Send + Sync + 'static {
     /// Storage errors.
     fn purge_expired(&self) -> LogFuture<'_, usize>;
 
+    /// Ask the writer of open stream `id`, wherever it runs, to cancel it: its next append
+    /// or lease renewal fails once with [`LogError::CancelRequested`]. Only a log that
+    /// several nodes share needs it (on one node the writer is cancelled in-process); the
+    /// others refuse with [`LogError::InvalidArgument`].
+    ///
+    /// # Errors
+    /// [`LogError::NotFound`], [`LogError::AlreadyFinished`], storage errors.
+    fn request_cancel(&self, id: StreamId) -> LogFuture<'_, ()> {
+        let _ = id;
+        Box::pin(std::future::ready(Err(LogError::InvalidArgument(
+            "cancelling another node's writer needs a log the nodes share",
+        ))))
+    }
+
     /// Whether [`StreamLog::append`] completes when first polled (nothing to wait for:
     /// the memory backend), so a writer may as well await it; otherwise (sqlite: another
     /// thread commits it) a writer may send an append and look at its acknowledgement

@@ -190,9 +190,13 @@ impl Generation {
                             Ok(token) => renewal.renew(&*self.log, self.id, token, &self.health).await,
                             Err(error) => Err(error),
                         };
-                        if let Err(error) = renewed {
-                            tracing::warn!(%error, "lease lost; stopping");
-                            break 'answer Stop::Lost(error);
+                        match renewed {
+                            Ok(()) => {}
+                            Err(LogError::CancelRequested(_)) => break 'answer Stop::Cancelled,
+                            Err(error) => {
+                                tracing::warn!(%error, "lease lost; stopping");
+                                break 'answer Stop::Lost(error);
+                            }
                         }
                     }
                     _ = grace.tick() => {
@@ -205,9 +209,14 @@ impl Generation {
                         let Batch { deltas: batch, mut failure, ended } = Batch::collect(item, &mut deltas);
                         // The first append is awaited (the request waits for it); later
                         // ones are acknowledged while the next token is awaited.
-                        if let Err(error) = writer.append(batch, started.is_some()).await {
-                            tracing::error!(%error, "append failed; stopping");
-                            break 'answer Stop::Lost(error);
+                        match writer.append(batch, started.is_some()).await {
+                            Ok(()) => {}
+                            // Another node's cancel (the stop button pressed there).
+                            Err(LogError::CancelRequested(_)) => break 'answer Stop::Cancelled,
+                            Err(error) => {
+                                tracing::error!(%error, "append failed; stopping");
+                                break 'answer Stop::Lost(error);
+                            }
                         }
                         if started.is_some() {
                             // The first delta: the request learns its (created) stream.

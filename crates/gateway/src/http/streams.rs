@@ -145,11 +145,7 @@ pub async fn cancel(
     }
     if let Some(live) = state.live.get(&meta.id) {
         live.cancel.raise();
-        return Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ "id": meta.id.to_string(), "state": "cancelling" })),
-        )
-            .into_response());
+        return Ok(cancelling(meta.id));
     }
     // Open but written by nobody here. This node before a restart is gone: its stream is
     // taken from it. Another node's live lease means that node writes it (a cancel
@@ -171,11 +167,17 @@ pub async fn cancel(
     };
     let token = match taken {
         Ok(lease) => lease.token,
+        // Another node writes it: its writer is asked through the log, and stops at its
+        // next token.
         Err(streamlog::LogError::LeaseHeld { .. }) => {
-            return Err(ApiError::conflict(
-                "stream_busy",
-                "the stream's answer is being started or written elsewhere; try again",
-            ));
+            return match state.log.request_cancel(meta.id).await {
+                Ok(()) => Ok(cancelling(meta.id)),
+                Err(streamlog::LogError::InvalidArgument(_)) => Err(ApiError::conflict(
+                    "stream_busy",
+                    "the stream's answer is being started; try again",
+                )),
+                Err(other) => Err(other.into()),
+            };
         }
         Err(other) => return Err(other.into()),
     };
@@ -191,6 +193,15 @@ pub async fn cancel(
         serde_json::json!({ "id": meta.id.to_string(), "state": StreamState::Cancelled }),
     )
     .into_response())
+}
+
+/// 202: the writer was asked to stop.
+fn cancelling(id: StreamId) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "id": id.to_string(), "state": "cancelling" })),
+    )
+        .into_response()
 }
 
 /// `GET /v1/streams/{id}/status`.

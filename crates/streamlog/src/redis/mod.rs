@@ -117,6 +117,7 @@ struct Scripts {
     fetch: Script,
     trim: Script,
     release_key: Script,
+    cancel: Script,
 }
 
 impl RedisLog {
@@ -149,6 +150,7 @@ impl RedisLog {
                 fetch: Script::new(scripts::FETCH),
                 trim: Script::new(scripts::TRIM),
                 release_key: Script::new(scripts::RELEASE_KEY),
+                cancel: Script::new(scripts::CANCEL),
             },
         });
         let (stop, stopped) = std::sync::mpsc::channel();
@@ -758,6 +760,19 @@ impl StreamLog for RedisLog {
             let keys = [shared.key_key(&principal, &key)];
             let args = vec![stream.to_string().into_bytes()];
             shared.run(&shared.scripts.release_key, &keys, args).await?;
+            Ok(())
+        })
+    }
+
+    fn request_cancel(&self, id: StreamId) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let (status, values) = shared
+                .run(&shared.scripts.cancel, &[shared.meta_key(id)], Vec::new())
+                .await?;
+            if status != "ok" {
+                return Err(refusal(id, 0, &status, &values));
+            }
             Ok(())
         })
     }

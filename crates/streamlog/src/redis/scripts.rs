@@ -22,12 +22,17 @@ end
 return {'ok', 0, 0}
 ";
 
-/// KEYS: meta, records. ARGV: token, now, channel, id, then the records' JSON.
+/// KEYS: meta, records. ARGV: token, now, channel, id, then the records' JSON. A pending
+/// cancel request (`x`) is answered instead, once.
 pub(super) const APPEND: &str = r"
-local m = redis.call('HMGET', KEYS[1], 's', 't', 'l')
+local m = redis.call('HMGET', KEYS[1], 's', 't', 'l', 'x')
 if not m[1] then return {'notfound'} end
 if m[1] ~= '0' then return {'finished', m[1]} end
 if m[2] ~= ARGV[1] then return {'stale', m[2] or ''} end
+if m[4] then
+  redis.call('HDEL', KEYS[1], 'x')
+  return {'cancel'}
+end
 local last = tonumber(m[3])
 local first = last + 1
 for i = 5, #ARGV do
@@ -67,12 +72,16 @@ redis.call('HSET', KEYS[1], 'h', ARGV[1], 't', fence, 'e', exp, 'n', fence, 'u',
 return {'ok', fence, exp}
 ";
 
-/// KEYS: meta. ARGV: token, ttl_ms, now.
+/// KEYS: meta. ARGV: token, ttl_ms, now. A pending cancel request is answered, once.
 pub(super) const RENEW: &str = r"
-local m = redis.call('HMGET', KEYS[1], 's', 't', 'h')
+local m = redis.call('HMGET', KEYS[1], 's', 't', 'h', 'x')
 if not m[1] then return {'notfound'} end
 if m[1] ~= '0' then return {'finished', m[1]} end
 if m[2] ~= ARGV[1] then return {'stale', m[2] or ''} end
+if m[4] then
+  redis.call('HDEL', KEYS[1], 'x')
+  return {'cancel'}
+end
 local exp = tonumber(ARGV[3]) + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'e', exp, 'u', ARGV[3])
 return {'ok', m[3], exp}
@@ -144,5 +153,14 @@ return {'ok', first}
 pub(super) const RELEASE_KEY: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('DEL', KEYS[1]) end
+return {'ok'}
+";
+
+/// KEYS: meta. Marks an open stream's cancel request for its writer.
+pub(super) const CANCEL: &str = r"
+local s = redis.call('HGET', KEYS[1], 's')
+if not s then return {'notfound'} end
+if s ~= '0' then return {'finished', s} end
+redis.call('HSET', KEYS[1], 'x', 1)
 return {'ok'}
 ";

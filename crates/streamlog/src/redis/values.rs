@@ -63,6 +63,7 @@ pub(super) fn refusal(
 ) -> LogError {
     match status {
         "notfound" => LogError::NotFound(id),
+        "cancel" => LogError::CancelRequested(id),
         "exists" => LogError::AlreadyExists(id),
         "finished" => {
             let state = values

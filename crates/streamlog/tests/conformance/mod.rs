@@ -50,6 +50,7 @@ macro_rules! conformance_suite {
             finish_and_cancel_end_readers,
             leases_fencing_and_expiry,
             takeover_of_dead_holders,
+            cancel_requests,
             create_leased_is_create_then_acquire,
             idempotency_keys,
             retention,
@@ -467,6 +468,32 @@ pub async fn takeover_of_dead_holders<B: Backend>(backend: B) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A cancel asked by another node reaches the writer once, through its next append or
+/// renewal. Logs that several nodes cannot share refuse it.
+pub async fn cancel_requests<B: Backend>(backend: B) {
+    let log = backend.open();
+    let (id, token) = writable(&*log).await;
+    match log.request_cancel(id).await {
+        Err(LogError::InvalidArgument(_)) => return,
+        other => other.unwrap(),
+    }
+    let err = log.append(id, token, vec![text(0, 1)]).await.unwrap_err();
+    assert!(
+        matches!(err, LogError::CancelRequested(c) if c == id),
+        "{err:?}"
+    );
+    // Told once: the writer's own ending goes through.
+    assert_eq!(log.append(id, token, vec![text(0, 1)]).await.unwrap(), 1);
+    log.request_cancel(id).await.unwrap();
+    let err = log.renew_lease(id, token, LEASE).await.unwrap_err();
+    assert!(matches!(err, LogError::CancelRequested(_)), "{err:?}");
+    log.finish(id, token, StreamState::Cancelled).await.unwrap();
+    let err = log.request_cancel(id).await.unwrap_err();
+    assert!(matches!(err, LogError::AlreadyFinished { .. }), "{err:?}");
+    let missing = log.request_cancel(StreamId::new()).await.unwrap_err();
+    assert!(matches!(missing, LogError::NotFound(_)), "{missing:?}");
 }
 
 fn clock_now(clock: &ManualClock) -> u64 {
