@@ -334,7 +334,7 @@ async fn a_disconnect_does_not_stop_the_writer() {
 
 #[tokio::test]
 async fn shutdown_without_grace_interrupts_readers_and_leaves_streams_open() {
-    let gateway = Gateway::start(
+    let mut gateway = Gateway::start(
         "[server]\nshutdown_grace_ms = 0\n[[models]]\nname = \"slow\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2 }]\n",
     )
     .await;
@@ -362,7 +362,7 @@ async fn shutdown_without_grace_interrupts_readers_and_leaves_streams_open() {
 #[tokio::test]
 async fn a_client_still_sending_its_request_does_not_hold_the_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gateway = Gateway::start(&format!(
+    let mut gateway = Gateway::start(&format!(
         "[server]\nshutdown_grace_ms = 100\nrequest_read_timeout_ms = 600000\n{SIM}"
     ))
     .await;
@@ -388,7 +388,7 @@ async fn a_client_still_sending_its_request_does_not_hold_the_shutdown() {
 
 #[tokio::test]
 async fn shutdown_lets_an_answer_in_flight_finish_within_the_grace() {
-    let gateway = Gateway::start(
+    let mut gateway = Gateway::start(
         "[server]\nshutdown_grace_ms = 20000\n[[models]]\nname = \"short\"\ntargets = [{ provider = \"simulator\", tokens = 20, interval_ms = 20 }]\n",
     )
     .await;

@@ -151,10 +151,20 @@ impl Generation {
                     .map(|max| max.saturating_sub(writer.pieces).max(1));
             }
             let start = self.model.start(&request, next_target, prefill_only);
-            let begun = tokio::select! {
-                begun = start => begun,
-                () = &mut cancelled => break 'answer Stop::Cancelled,
-                () = &mut hard_stop => break 'answer Stop::Abandoned,
+            let mut start = std::pin::pin!(start);
+            let begun = loop {
+                tokio::select! {
+                    begun = &mut start => break begun,
+                    () = &mut cancelled => break 'answer Stop::Cancelled,
+                    () = &mut hard_stop => break 'answer Stop::Abandoned,
+                    // The stream's creation commits while the upstream is asked (a log
+                    // that works only while polled, as Redis's, needs this poll).
+                    created = writer.token(), if writer.is_creating() => {
+                        if let Err(error) = created {
+                            break 'answer Stop::Lost(error);
+                        }
+                    }
+                }
             };
             let Started {
                 mut deltas,
@@ -503,6 +513,11 @@ struct Writer {
 }
 
 impl Writer {
+    /// Whether the stream's creation has not completed yet.
+    fn is_creating(&self) -> bool {
+        matches!(self.lease, WriterLease::Pending(_))
+    }
+
     /// The lease's fencing token, once the stream's creation has committed.
     async fn token(&mut self) -> Result<FencingToken, LogError> {
         if let WriterLease::Pending(creation) = &mut self.lease {

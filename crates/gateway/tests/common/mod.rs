@@ -17,15 +17,41 @@ pub struct Gateway {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     tracker: TaskTracker,
+    /// The store's own resources (a Redis server, a SQLite directory), kept while it runs.
+    _store: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// The `[store]` of [`Gateway::start`]: `UNBROKEN_TEST_STORE` = `memory` (default),
+/// `sqlite` or `redis` (a throwaway `redis-server`), so the tests about the log's
+/// behaviour run on every backend (`scripts/test` runs them on all three).
+fn test_store() -> (String, Option<Box<dyn std::any::Any + Send>>) {
+    match std::env::var("UNBROKEN_TEST_STORE").as_deref() {
+        Ok("redis") => {
+            let server = streamlog::redis::LocalServer::start().unwrap();
+            let store = format!("[store]\nkind = \"redis\"\nurl = {:?}\n", server.url);
+            (store, Some(Box::new(server)))
+        }
+        Ok("sqlite") => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("unbroken.db").display().to_string();
+            let store = format!("[store]\nkind = \"sqlite\"\npath = {path:?}\n");
+            (store, Some(Box::new(dir)))
+        }
+        Ok("memory") | Err(_) => ("[store]\nkind = \"memory\"\n".to_owned(), None),
+        Ok(other) => panic!("UNBROKEN_TEST_STORE must be memory, sqlite or redis, not {other:?}"),
+    }
 }
 
 impl Gateway {
-    /// Start on 127.0.0.1:0 with `toml` (memory store unless it says otherwise).
+    /// Start on 127.0.0.1:0 with `toml`, on the store `UNBROKEN_TEST_STORE` names
+    /// (memory by default).
     pub async fn start(toml: &str) -> Gateway {
-        let text = format!("[store]\nkind = \"memory\"\n{toml}");
-        let config = parse(&text);
+        let (store, resources) = test_store();
+        let config = parse(&format!("{store}{toml}"));
         let log = gateway::open_log(&config.store).unwrap();
-        Gateway::start_with(&config, AppState::new(&config, log).unwrap()).await
+        let mut gateway = Gateway::start_with(&config, AppState::new(&config, log).unwrap()).await;
+        gateway._store = resources;
+        gateway
     }
 
     /// Start on 127.0.0.1:0 with `toml` and a SQLite store in `dir`.
@@ -59,6 +85,7 @@ impl Gateway {
             state,
             stop: Some(stop),
             tracker,
+            _store: None,
         }
     }
 
@@ -69,8 +96,9 @@ impl Gateway {
         self.state.tasks.reopen();
     }
 
-    /// Shut down gracefully and wait for it.
-    pub async fn shutdown(mut self) {
+    /// Shut down gracefully and wait for it (the store stays up while `self` lives, so a
+    /// test can look at it afterwards).
+    pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
