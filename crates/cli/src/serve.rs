@@ -49,7 +49,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.store.as_deref() {
         None => {}
         Some("memory") => config.store.kind = StoreKind::Memory,
-        Some(url) if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
+        Some(url)
+            if ["redis://", "rediss://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)) =>
+        {
             config.store.kind = StoreKind::Redis;
             url.clone_into(&mut config.store.url);
         }

@@ -182,6 +182,9 @@ pub struct StoreConfig {
     pub url: String,
     /// Prefix of every Redis key. Default `unbroken`.
     pub prefix: String,
+    /// With a `rediss://` URL: the PEM file of the authority that signed the server's
+    /// certificate, when the system does not trust it already.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl StoreConfig {
@@ -200,6 +203,7 @@ impl Default for StoreConfig {
             lease_ttl_ms: 10_000,
             url: "redis://127.0.0.1:6379".into(),
             prefix: "unbroken".into(),
+            tls_ca_file: None,
         }
     }
 }
@@ -403,13 +407,13 @@ impl Config {
         }
         if self.store.kind == StoreKind::Redis {
             let url = &self.store.url;
-            if !["redis://", "redis+unix://", "unix://"]
+            if !["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
                 .any(|scheme| url.starts_with(scheme))
             {
                 return Err(invalid(
                     "store.url",
-                    "must be a redis:// or redis+unix:// URL (rediss:// is not supported yet)",
+                    "must be a redis://, rediss:// or redis+unix:// URL",
                 ));
             }
             if self.store.prefix.is_empty() || self.store.prefix.contains(['{', '}']) {

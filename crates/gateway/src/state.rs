@@ -252,6 +252,11 @@ pub fn open_log(config: &StoreConfig) -> Result<Arc<dyn StreamLog>, String> {
             let mut redis = streamlog::RedisConfig::new(config.url.clone());
             redis.prefix.clone_from(&config.prefix);
             redis.stream_ttl = ttl;
+            if let Some(path) = &config.tls_ca_file {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("store.tls_ca_file {}: {e}", path.display()))?;
+                redis.ca_pem = Some(pem);
+            }
             let log = streamlog::RedisLog::open(redis, clock)
                 .map_err(|e| format!("store.url {}: {e}", config.url))?;
             Ok(Arc::new(log))

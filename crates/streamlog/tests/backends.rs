@@ -70,6 +70,7 @@ impl Backend for Redis {
     fn open(&self) -> Arc<dyn StreamLog> {
         let mut config = RedisConfig::new(self.server.url.clone());
         config.stream_ttl = TTL;
+        config.ca_pem.clone_from(&self.server.ca_pem);
         Arc::new(RedisLog::open(config, self.clock.clone()).unwrap())
     }
     fn clock(&self) -> &Arc<ManualClock> {
@@ -91,6 +92,17 @@ mod memory {
 
 mod redis {
     conformance_suite!(super::redis());
+
+    /// `rediss://` with a private authority: the same log over TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls() {
+        let tls = super::Redis {
+            server: super::LocalServer::start_tls().unwrap(),
+            clock: std::sync::Arc::new(super::ManualClock::new(super::START_MS)),
+        };
+        assert!(tls.server.url.starts_with("rediss://"));
+        crate::conformance::ordering(tls).await;
+    }
 }
 
 mod sqlite {

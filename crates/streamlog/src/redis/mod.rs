@@ -56,7 +56,7 @@ use values::{answer, corrupt, number, refusal, storage, text, value_at};
 /// How a [`RedisLog`] connects.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` (or `redis+unix:///path`).
+    /// `redis://host:port/db`, `rediss://…` (TLS), or `redis+unix:///path`.
     pub url: String,
     /// Prefix of every key (no `{` or `}`).
     pub prefix: String,
@@ -64,6 +64,9 @@ pub struct RedisConfig {
     pub stream_ttl: Duration,
     /// A command not answered within this is an error (Redis stalled).
     pub response_timeout: Duration,
+    /// For `rediss://`: the PEM certificate(s) of the authority that signed the server's
+    /// certificate, when it is not one the system trusts.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -74,6 +77,7 @@ impl RedisConfig {
             prefix: "unbroken".into(),
             stream_ttl: DEFAULT_STREAM_TTL,
             response_timeout: Duration::from_secs(5),
+            ca_pem: None,
         }
     }
 }
@@ -133,7 +137,22 @@ impl RedisLog {
                 "the redis key prefix must not contain { or }",
             ));
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(storage)?;
+        if config.url.starts_with("rediss://") {
+            // TLS through rustls with the ring provider, as every client of the workspace
+            // (a no-op when one is installed already).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match &config.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(config.url.as_str()),
+        }
+        .map_err(storage)?;
         let shared = Arc::new(Shared {
             client,
             conn: std::sync::RwLock::default(),
