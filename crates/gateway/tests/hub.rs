@@ -91,7 +91,10 @@ async fn topic_subscriptions_resume_and_replay() {
     }
     let mut earliest = subscribe(&gateway, "/v1/topics/t?from=earliest").await;
     let all = take(&mut earliest, 5).await;
-    assert_eq!(all[0].id, "1");
+    // A named stream's ids are `<seq>.<epoch>`, one epoch for the topic's history.
+    let (first, epoch) = all[0].id.split_once('.').unwrap();
+    assert_eq!(first, "1");
+    assert!(all.iter().all(|e| e.id.ends_with(&format!(".{epoch}"))));
     assert_eq!(
         serde_json::from_str::<Value>(&all[4].data).unwrap(),
         json!({ "id": "pub-4", "data": 4 })
@@ -106,7 +109,10 @@ async fn topic_subscriptions_resume_and_replay() {
     );
     let mut resumed = resumed;
     let rest = take(&mut resumed, 2).await;
-    assert_eq!((rest[0].id.as_str(), rest[1].id.as_str()), ("4", "5"));
+    assert_eq!(
+        (rest[0].id.clone(), rest[1].id.clone()),
+        (format!("4.{epoch}"), format!("5.{epoch}"))
+    );
     for bad in [
         json!({ "event": "a\nb" }),
         json!({ "event": "x", "id": "1\r2" }),
@@ -255,9 +261,16 @@ async fn topics_keep_at_most_max_events() {
     gateway::http::hub::retention_pass(&gateway.state).await;
     let mut earliest = subscribe(&gateway, "/v1/topics/kept?from=earliest").await;
     let kept = take(&mut earliest, 5).await;
-    let ids: Vec<&str> = kept.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids, ["16", "17", "18", "19", "20"], "the oldest went first");
+    let seqs: Vec<&str> = kept
+        .iter()
+        .map(|e| e.id.split('.').next().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        ["16", "17", "18", "19", "20"],
+        "the oldest went first"
+    );
     // Publishing continues the sequence after a trim.
     publish(&gateway, "kept", json!({ "event": "n", "data": 20 })).await;
-    assert_eq!(earliest.next().await.unwrap().id, "21");
+    assert!(earliest.next().await.unwrap().id.starts_with("21."));
 }

@@ -286,3 +286,62 @@ async fn a_cancel_on_another_node_stops_the_writer() {
     assert_eq!(b.status(&id).await["state"], "cancelled");
     assert_eq!(a.permits("m", 0), 64, "the upstream slot is free again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_a_topic_whose_history_redis_lost_is_told() {
+    let mut redis = LocalServer::start().unwrap();
+    let upstream = Upstream::start(SimulatorConfig::default()).await;
+    let a = node(&redis, "node-a", &upstream).await;
+    let publish = |n: u64| {
+        let url = format!("{}/v1/topics/news/events", a.url);
+        async move {
+            let body = serde_json::json!({ "event": "story", "data": { "n": n } });
+            let sent = http().post(url).json(&body).send().await.unwrap();
+            assert_eq!(sent.status(), 200);
+        }
+    };
+    for n in 0..5 {
+        publish(n).await;
+    }
+    let subscribed = http()
+        .get(format!("{}/v1/topics/news?from=earliest", a.url))
+        .send()
+        .await
+        .unwrap();
+    let mut subscriber = Events::new(subscribed);
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = subscriber.next().await.unwrap().id;
+    }
+    drop(subscriber);
+
+    // Redis restarts empty; the topic starts again, and grows past the old position.
+    redis.restart().unwrap();
+    let recovered = tokio::time::timeout(WITHIN, async {
+        loop {
+            let body = serde_json::json!({ "event": "story", "data": { "n": 100 } });
+            let url = format!("{}/v1/topics/news/events", a.url);
+            if http().post(url).json(&body).send().await.unwrap().status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(recovered.is_ok(), "publishing works again");
+    for n in 101..106 {
+        publish(n).await;
+    }
+    let resumed = http()
+        .get(format!("{}/v1/topics/news", a.url))
+        .header("last-event-id", &last)
+        .send()
+        .await
+        .unwrap();
+    let mut resumed = Events::new(resumed);
+    let reset = resumed.next().await.unwrap();
+    assert_eq!(reset.event, "reset", "told, not skipped: {}", reset.data);
+    let first = resumed.next().await.unwrap();
+    let data: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(data["n"], 100, "the new history from its start");
+}

@@ -78,7 +78,10 @@ async fn two_answers_reach_a_reconnecting_reader_exactly_once() {
         }
     }
 
-    let ids: Vec<u64> = seen.iter().map(|e| e.id.parse().unwrap()).collect();
+    let ids: Vec<u64> = seen
+        .iter()
+        .map(|e| e.id.split('.').next().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(
         ids,
         (1..=ids.len() as u64).collect::<Vec<_>>(),

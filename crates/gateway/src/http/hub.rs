@@ -204,35 +204,26 @@ pub async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meta = topic(&state, &name, &principal).await?;
-    let after = if headers.contains_key("last-event-id") {
-        last_event_id(&headers, None)?
-    } else {
-        match query.from.as_deref() {
-            Some("earliest") => meta.first_seq.saturating_sub(1),
-            None | Some("latest") => meta.last_seq,
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    "from must be earliest or latest",
-                ));
-            }
+    let otherwise = match query.from.as_deref() {
+        Some("earliest") => meta.first_seq.saturating_sub(1),
+        None | Some("latest") => meta.last_seq,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "from must be earliest or latest",
+            ));
         }
     };
-    if after > meta.last_seq {
-        return Err(ApiError::bad_request(
-            "invalid_last_event_id",
-            "Last-Event-ID is beyond the topic's last event",
-        ));
+    let (after, reset) =
+        named::start(&headers, &meta, otherwise, meta.first_seq.saturating_sub(1))?;
+    let mut options = body::options(&state);
+    if reset {
+        named::reset_event(&mut options.prelude);
     }
     let records = state.log.read(meta.id, after).await?;
     let guard = state.live.attach(&meta.id);
-    Ok(body::response(
-        meta.id,
-        records,
-        Events,
-        body::options(&state),
-        guard,
-    ))
+    let render = Events::with_epoch(named::epoch(meta.id));
+    Ok(body::response(meta.id, records, render, options, guard))
 }
 
 // ---------------------------------------------------------------- tasks
@@ -441,5 +432,11 @@ pub async fn task_events(
     );
     let reader = state.log.read(meta.id, after).await?;
     let guard = state.live.attach(&meta.id);
-    Ok(body::response(meta.id, reader, Events, options, guard))
+    Ok(body::response(
+        meta.id,
+        reader,
+        Events::default(),
+        options,
+        guard,
+    ))
 }

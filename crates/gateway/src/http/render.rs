@@ -184,11 +184,24 @@ impl Render for OpenAiChunks {
 
 /// The generic view: `event: <record type>` (or a custom event's name), `data: <JSON>`.
 #[derive(Debug, Default)]
-pub struct Events;
+pub struct Events {
+    /// Written after the seq in every id (`<seq>.<epoch>`): named streams' epochs.
+    epoch: Option<String>,
+}
+
+impl Events {
+    /// Ids `<seq>.<epoch>` (named streams: sessions, topics).
+    pub fn with_epoch(epoch: String) -> Self {
+        Self { epoch: Some(epoch) }
+    }
+}
 
 impl Render for Events {
     fn record(&mut self, seq: Seq, record: &Record, out: &mut Vec<u8>) {
-        let seq = seq.to_string();
+        let seq = match &self.epoch {
+            Some(epoch) => format!("{seq}.{epoch}"),
+            None => seq.to_string(),
+        };
         let written = match record {
             Record::Custom { event, data } => {
                 let data = data.to_string();
@@ -355,12 +368,12 @@ mod tests {
     #[test]
     fn events_view_names_each_record() {
         let mut out = Vec::new();
-        Events.record(4, &Record::Text { text: "hi".into() }, &mut out);
+        Events::default().record(4, &Record::Text { text: "hi".into() }, &mut out);
         let custom = Record::Custom {
             event: "note".into(),
             data: serde_json::json!({"a": 1}),
         };
-        Events.record(5, &custom, &mut out);
+        Events::default().record(5, &custom, &mut out);
         let events = decode(&out);
         assert_eq!(events[0].event, "text");
         assert_eq!(events[0].id, "4");

@@ -20,7 +20,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::generation::{self, Begun, Relay, Start};
 use crate::http::body;
-use crate::http::extract::{ApiPath, body_error, last_event_id};
+use crate::http::extract::{ApiPath, body_error};
 use crate::http::named;
 use crate::http::render::Events;
 use crate::state::AppState;
@@ -147,16 +147,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meta = session(&state, &principal, &id).await?;
-    let after = last_event_id(&headers, None)?;
-    if after > meta.last_seq {
-        return Err(ApiError::bad_request(
-            "invalid_last_event_id",
-            format!(
-                "Last-Event-ID {after} is beyond the session's last event {}",
-                meta.last_seq
-            ),
-        ));
-    }
+    let (after, reset) = named::start(&headers, &meta, 0, 0)?;
     if meta.state.is_terminal() && after == meta.last_seq {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -164,8 +155,12 @@ pub async fn events(
     let mut options = body::options(&state);
     let connected = json!({ "sessionId": id }).to_string();
     let _ = sse::write_event(&mut options.prelude, Some("connected"), None, &connected);
+    if reset {
+        named::reset_event(&mut options.prelude);
+    }
     let guard = state.live.attach(&meta.id);
-    Ok(body::response(meta.id, records, Events, options, guard))
+    let render = Events::with_epoch(named::epoch(meta.id));
+    Ok(body::response(meta.id, records, render, options, guard))
 }
 
 /// `POST /v1/sessions/{id}/messages` {content, model?, temperature?, …} → 202 {streamId}.

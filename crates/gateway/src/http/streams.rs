@@ -126,7 +126,7 @@ pub async fn resume(
         );
         body::response(meta.id, records, render, options, guard)
     } else {
-        body::response(meta.id, records, Events, options, guard)
+        body::response(meta.id, records, Events::default(), options, guard)
     })
 }
 
