@@ -25,17 +25,23 @@ async fn node(redis: &LocalServer, id: &str, upstream: &Upstream) -> Gateway {
     Gateway::start_with(&config, AppState::new(&config, log).unwrap()).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_node_serves_every_answer() {
+/// A Redis, an upstream of `tokens` tokens `interval_ms` apart, and two nodes on both.
+async fn two_nodes(tokens: u32, interval_ms: u64) -> (LocalServer, Upstream, Gateway, Gateway) {
     let redis = LocalServer::start().unwrap();
     let upstream = Upstream::start(SimulatorConfig {
-        tokens: 200,
-        interval_ms: 2,
+        tokens,
+        interval_ms,
         ..SimulatorConfig::default()
     })
     .await;
     let a = node(&redis, "node-a", &upstream).await;
     let b = node(&redis, "node-b", &upstream).await;
+    (redis, upstream, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_every_answer() {
+    let (_redis, upstream, a, b) = two_nodes(200, 2).await;
 
     let url = format!("{}/v1/chat/completions", a.url);
     let first = http()
@@ -173,14 +179,7 @@ async fn a_redis_that_goes_away_is_a_clear_503_and_comes_back_without_a_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_and_tasks_are_driven_across_nodes() {
-    let redis = LocalServer::start().unwrap();
-    let upstream = Upstream::start(SimulatorConfig {
-        tokens: 20,
-        ..SimulatorConfig::default()
-    })
-    .await;
-    let a = node(&redis, "node-a", &upstream).await;
-    let b = node(&redis, "node-b", &upstream).await;
+    let (_redis, _upstream, a, b) = two_nodes(20, 0).await;
     let post = |url: String, body: serde_json::Value| async move {
         http().post(url).json(&body).send().await.unwrap()
     };
@@ -263,15 +262,7 @@ async fn sessions_and_tasks_are_driven_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_on_another_node_stops_the_writer() {
-    let redis = LocalServer::start().unwrap();
-    let upstream = Upstream::start(SimulatorConfig {
-        tokens: 100_000,
-        interval_ms: 2,
-        ..SimulatorConfig::default()
-    })
-    .await;
-    let a = node(&redis, "node-a", &upstream).await;
-    let b = node(&redis, "node-b", &upstream).await;
+    let (_redis, _upstream, a, b) = two_nodes(100_000, 2).await;
     let mut answer = Events::new(a.chat(&chat_body("m", true)).await);
     let id = answer.stream_id();
     answer.next().await.expect("the answer begins on node a");
