@@ -22,15 +22,24 @@
 //! [`StreamLog::leased_streams`] and the purge read the metadata behind them and drop
 //! stale members.
 //!
-//! Connections: commands go through redis-rs's `ConnectionManager` (multiplexed,
-//! reconnecting, with a response timeout so a stalled Redis is an error, not a hang);
-//! the subscription has a connection of its own on a thread of its own.
+//! Connections: commands go through redis-rs's `ConnectionManager` (multiplexed, with a
+//! response timeout so a stalled Redis is an error, not a hang), made afresh after a
+//! connection error; the subscription has a connection of its own on a thread of its own.
+//! `rediss://` goes through rustls.
+//!
+//! # Layout
+//! - `scripts`: the Lua scripts; `values`: reading their answers, refusals as errors.
+//! - `writes`: creating a stream and taking its lease; `fetch`: reading records (the
+//!   watched stream's tail first); `notify`: the notification thread; `retention`: the
+//!   purge; `server`: [`LocalServer`], a throwaway `redis-server` for tests and benches.
 
+mod fetch;
 mod notify;
 mod retention;
 mod scripts;
 mod server;
 mod values;
+mod writes;
 
 pub use server::LocalServer;
 
@@ -43,7 +52,7 @@ use redis::{Script, Value};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, millis};
-use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head, HeadSource, Tail, follow};
+use crate::cursor::{Head, HeadSource, Tail, follow};
 use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::{
@@ -51,7 +60,9 @@ use crate::record::{
     StreamMeta, StreamState, Trim,
 };
 use crate::{DEFAULT_STREAM_TTL, LogFuture, RecordStream, StreamLog};
+use fetch::{RedisFetch, fetch_range};
 use values::{answer, corrupt, number, refusal, storage, text, value_at};
+use writes::{acquire, create};
 
 /// How a [`RedisLog`] connects.
 #[derive(Debug, Clone)]
@@ -410,85 +421,6 @@ impl Shared {
     }
 }
 
-struct RedisFetch {
-    shared: Arc<Shared>,
-    id: StreamId,
-    tail: Arc<std::sync::RwLock<Tail>>,
-}
-
-impl Fetch for RedisFetch {
-    fn fetch(&self, after: Seq, upto: Seq) -> LogFuture<'static, Chunk> {
-        let hit = self
-            .tail
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(after, upto);
-        if let Some(chunk) = hit {
-            return Box::pin(std::future::ready(Ok(chunk)));
-        }
-        let shared = Arc::clone(&self.shared);
-        let id = self.id;
-        Box::pin(async move { fetch_range(&shared, id, after, upto).await })
-    }
-}
-
-/// Records `(after, upto]` of `id` from Redis (at most a fetch chunk), with the first
-/// kept seq.
-async fn fetch_range(
-    shared: &Shared,
-    id: StreamId,
-    after: Seq,
-    upto: Seq,
-) -> Result<Chunk, LogError> {
-    let upto = upto.min(after + FETCH_CHUNK);
-    let keys = [shared.meta_key(id), shared.records_key(id)];
-    let args = vec![
-        after.to_string().into_bytes(),
-        upto.to_string().into_bytes(),
-    ];
-    let (status, values) = shared.run(&shared.scripts.fetch, &keys, args).await?;
-    if status != "ok" {
-        return Err(refusal(id, 0, &status, &values));
-    }
-    let first = number(value_at(&values, 0)?)?;
-    let mut chunk = Chunk {
-        after: after.max(first.saturating_sub(1)),
-        records: Vec::new(),
-    };
-    let Value::Array(entries) = value_at(&values, 1)? else {
-        return Err(corrupt("records are not an array"));
-    };
-    for entry in entries {
-        let Value::Array(parts) = entry else {
-            return Err(corrupt("an entry is not an array"));
-        };
-        let entry_id = text(value_at(parts, 0)?)?;
-        let seq = entry_id
-            .split('-')
-            .next()
-            .and_then(|s| s.parse::<Seq>().ok())
-            .ok_or_else(|| corrupt("an entry id"))?;
-        let Value::Array(fields) = value_at(parts, 1)? else {
-            return Err(corrupt("an entry's fields"));
-        };
-        let mut body = None;
-        for pair in fields.chunks(2) {
-            if let [Value::BulkString(name), value] = pair
-                && name == b"r"
-            {
-                body = Some(value);
-            }
-        }
-        let Some(Value::BulkString(body)) = body else {
-            return Err(corrupt("an entry without a record"));
-        };
-        let record: Record =
-            serde_json::from_slice(body).map_err(|e| LogError::Corrupt(e.to_string()))?;
-        chunk.records.push((seq, record));
-    }
-    Ok(chunk)
-}
-
 impl StreamLog for RedisLog {
     fn create(&self, new: NewStream) -> LogFuture<'_, StreamMeta> {
         Box::pin(async move { Ok(create(&self.shared, new, None).await?.0) })
@@ -799,85 +731,6 @@ impl StreamLog for RedisLog {
     fn purge_expired(&self) -> LogFuture<'_, usize> {
         Box::pin(retention::purge(&self.shared))
     }
-}
-
-async fn create(
-    shared: &Arc<Shared>,
-    new: NewStream,
-    lease: Option<(String, Duration)>,
-) -> Result<(StreamMeta, Option<Lease>), LogError> {
-    let now = shared.clock.now_ms();
-    let (holder, ttl) = lease.clone().unwrap_or_default();
-    let args = vec![
-        new.owner.clone().into_bytes(),
-        new.kind.to_i64().to_string().into_bytes(),
-        new.request.to_vec(),
-        now.to_string().into_bytes(),
-        holder.clone().into_bytes(),
-        millis(ttl).to_string().into_bytes(),
-    ];
-    let (status, values) = shared
-        .run(&shared.scripts.create, &[shared.meta_key(new.id)], args)
-        .await?;
-    if status != "ok" {
-        return Err(refusal(new.id, 0, &status, &values));
-    }
-    let fence = number(value_at(&values, 0)?)?;
-    let lease = match lease {
-        Some(_) => {
-            shared.index_lease(new.id, new.kind, true).await;
-            Some(Lease {
-                holder,
-                token: fence,
-                expires_at_ms: number(value_at(&values, 1)?)?,
-            })
-        }
-        None => None,
-    };
-    let meta = StreamMeta {
-        id: new.id,
-        owner: new.owner,
-        kind: new.kind,
-        request: new.request,
-        state: StreamState::Open,
-        created_ms: now,
-        updated_ms: now,
-        last_seq: 0,
-        first_seq: 1,
-        lease: lease.clone(),
-        fence,
-    };
-    Ok((meta, lease))
-}
-
-async fn acquire(
-    shared: &Arc<Shared>,
-    id: StreamId,
-    holder: String,
-    ttl: Duration,
-    dead: String,
-) -> Result<Lease, LogError> {
-    let now = shared.clock.now_ms();
-    let args = vec![
-        holder.clone().into_bytes(),
-        millis(ttl).to_string().into_bytes(),
-        now.to_string().into_bytes(),
-        dead.into_bytes(),
-    ];
-    let (status, values) = shared
-        .run(&shared.scripts.acquire, &[shared.meta_key(id)], args)
-        .await?;
-    if status != "ok" {
-        return Err(refusal(id, 0, &status, &values));
-    }
-    if let Ok(meta) = shared.status(id).await {
-        shared.index_lease(id, meta.kind, true).await;
-    }
-    Ok(Lease {
-        holder,
-        token: number(value_at(&values, 0)?)?,
-        expires_at_ms: number(value_at(&values, 1)?)?,
-    })
 }
 
 fn timed_out() -> LogError {
