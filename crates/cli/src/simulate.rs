@@ -47,6 +47,17 @@ pub struct Args {
     /// The `Retry-After` sent with refusals, in seconds.
     #[arg(long, value_name = "SECONDS", requires = "error_status")]
     retry_after: Option<u64>,
+    /// The convention a continued request must follow: none (refuse every prefill, as
+    /// OpenAI and current Claude models do), assistant_message, prefix_flag (DeepSeek,
+    /// Mistral) or continue_final_message (vLLM).
+    #[arg(long, value_name = "MODE", default_value = "assistant_message", value_parser = parse_continuation)]
+    continuation: providers::Continuation,
+}
+
+fn parse_continuation(mode: &str) -> Result<providers::Continuation, String> {
+    serde_json::from_value(serde_json::Value::String(mode.to_owned())).map_err(|_| {
+        "one of none, assistant_message, prefix_flag, continue_final_message".to_owned()
+    })
 }
 
 /// Serve until SIGINT or SIGTERM.
@@ -67,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         error_probability: args.error_probability,
         error_times: args.error_times,
         retry_after_s: args.retry_after,
+        continuation: args.continuation,
     };
     let listener =
         gateway::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;

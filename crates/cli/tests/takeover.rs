@@ -151,7 +151,12 @@ async fn a_local_answer_cut_by_kill_9_finishes_as_if_never_cut() {
 async fn an_upstream_that_continues_finishes_the_answer_after_kill_9() {
     let simulator = Simulator::start(&["--tokens", "300", "--interval-ms", "10"]);
     let dir = tempfile::tempdir().unwrap();
-    let config = openai_model(dir.path(), &simulator, "", ", supports_prefill = true");
+    let config = openai_model(
+        dir.path(),
+        &simulator,
+        "",
+        ", continuation = \"assistant_message\"",
+    );
     let store = sqlite(dir.path());
     let body = json!({
         "model": "sim",

@@ -187,6 +187,18 @@ pub struct StoreConfig {
     pub tls_ca_file: Option<PathBuf>,
 }
 
+impl TargetConfig {
+    /// How the target continues a partial answer (`continuation`, or the deprecated
+    /// `supports_prefill = true` as `assistant_message`).
+    pub fn continuation(&self) -> providers::Continuation {
+        match (self.continuation, self.supports_prefill) {
+            (Some(mode), _) => mode,
+            (None, Some(true)) => providers::Continuation::AssistantMessage,
+            (None, _) => providers::Continuation::None,
+        }
+    }
+}
+
 impl StoreConfig {
     /// `lease_ttl_ms` as a duration.
     pub fn lease_ttl(&self) -> Duration {
@@ -294,7 +306,10 @@ pub struct TargetConfig {
     /// Extra headers sent upstream.
     #[serde(default)]
     pub extra_headers: std::collections::BTreeMap<String, String>,
-    /// The upstream continues a partial answer given as a final assistant message.
+    /// How the upstream continues a partial answer: `none` (default),
+    /// `assistant_message`, `prefix_flag` or `continue_final_message`.
+    pub continuation: Option<providers::Continuation>,
+    /// Deprecated: `true` is `continuation = "assistant_message"`.
     pub supports_prefill: Option<bool>,
 
     // --- local ---
@@ -487,6 +502,12 @@ impl Config {
 
 impl TargetConfig {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.continuation.is_some() && self.supports_prefill.is_some() {
+            return Err(invalid(
+                format!("{key}.supports_prefill"),
+                "is replaced by continuation; set only continuation",
+            ));
+        }
         if self.max_concurrency == Some(0) {
             return Err(invalid(
                 format!("{key}.max_concurrency"),
@@ -498,6 +519,7 @@ impl TargetConfig {
             ("api_key_env", self.api_key_env.is_some()),
             ("extra_headers", !self.extra_headers.is_empty()),
             ("supports_prefill", self.supports_prefill.is_some()),
+            ("continuation", self.continuation.is_some()),
         ];
         let simulator_only = [
             ("tokens", self.tokens.is_some()),
@@ -685,6 +707,36 @@ mod tests {
         assert_eq!(config.server.listen.port(), 9);
         assert_eq!(config.server.reader_grace_ms, 5);
         assert_eq!(config.store.kind, StoreKind::Memory);
+    }
+
+    #[test]
+    fn continuation_is_a_mode_and_supports_prefill_its_deprecated_alias() {
+        let target = |extra: &str| {
+            load(
+                &format!(
+                    "[[models]]\nname = \"m\"\ntargets = [{{ provider = \"openai\", base_url = \"http://x\"{extra} }}]\n"
+                ),
+                &[],
+            )
+        };
+        let mode = |extra: &str| target(extra).unwrap().models[0].targets[0].continuation();
+        assert_eq!(mode(""), providers::Continuation::None);
+        assert_eq!(
+            mode(", continuation = \"prefix_flag\""),
+            providers::Continuation::PrefixFlag
+        );
+        assert_eq!(
+            mode(", supports_prefill = true"),
+            providers::Continuation::AssistantMessage
+        );
+        let both = target(", supports_prefill = true, continuation = \"none\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("models[0].targets[0].supports_prefill"),
+            "{both}"
+        );
+        assert!(target(", continuation = \"guess\"").is_err());
     }
 
     #[test]

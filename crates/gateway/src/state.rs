@@ -201,7 +201,12 @@ fn build_provider(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             config.connect_timeout = Duration::from_millis(target.connect_timeout_ms);
-            config.supports_prefill = target.supports_prefill.unwrap_or(false);
+            config.continuation = target.continuation();
+            if target.supports_prefill.is_some() {
+                tracing::warn!(
+                    "{key}.supports_prefill is deprecated: use continuation = \"assistant_message\""
+                );
+            }
             let provider = OpenAiProvider::new(config).map_err(|e| format!("{key}: {e}"))?;
             Ok(Arc::new(provider))
         }
@@ -220,6 +225,7 @@ fn build_provider(
                     .unwrap_or(defaults.error_probability),
                 error_times: target.error_times.or(defaults.error_times),
                 retry_after_s: target.retry_after_s.or(defaults.retry_after_s),
+                continuation: defaults.continuation,
             };
             Ok(Arc::new(SimulatorProvider::new(config)))
         }

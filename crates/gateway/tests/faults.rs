@@ -359,3 +359,68 @@ async fn a_full_queue_answers_429_with_retry_after_and_frees_its_slot() {
     gateway.settle().await;
     assert_eq!(gateway.permits("m", 0), 1, "no path leaks the slot");
 }
+
+/// Each continuation mode sends the partial answer the way its upstream expects, and the
+/// reader gets one answer; a target whose mode does not match its upstream's convention
+/// is refused there (400), and the answer fails — never a fake finish.
+#[tokio::test]
+async fn each_continuation_mode_continues_on_an_upstream_of_its_convention() {
+    use providers::Continuation;
+    let config = SimulatorConfig {
+        tokens: 30,
+        seed: 4,
+        ..SimulatorConfig::default()
+    };
+    for (mode, name) in [
+        (Continuation::AssistantMessage, "assistant_message"),
+        (Continuation::PrefixFlag, "prefix_flag"),
+        (Continuation::ContinueFinalMessage, "continue_final_message"),
+    ] {
+        let cut = Upstream::start(SimulatorConfig {
+            fail_after: Some(10),
+            ..config.clone()
+        })
+        .await;
+        let whole = Upstream::start(SimulatorConfig {
+            continuation: mode,
+            ..config.clone()
+        })
+        .await;
+        let gateway = Gateway::start(&format!(
+            "[[models]]\nname = \"m\"\ntargets = [{}, {}]\n",
+            openai_target(&cut, ""),
+            openai_target(&whole, &format!(", continuation = \"{name}\""))
+        ))
+        .await;
+        let events = Events::new(gateway.chat(&chat_body("m", true)).await)
+            .rest()
+            .await;
+        assert_eq!(events.last().unwrap().data, "[DONE]", "{name}");
+        assert_eq!(text_of(&events).split_whitespace().count(), 30, "{name}");
+        assert_eq!(whole.requests(), 1, "{name}");
+    }
+
+    // The target claims prefix_flag; its upstream (vLLM-like) wants continue_final_message.
+    let cut = Upstream::start(SimulatorConfig {
+        fail_after: Some(10),
+        ..config.clone()
+    })
+    .await;
+    let other = Upstream::start(SimulatorConfig {
+        continuation: Continuation::ContinueFinalMessage,
+        ..config
+    })
+    .await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}, {}]\n",
+        openai_target(&cut, ""),
+        openai_target(&other, ", continuation = \"prefix_flag\"")
+    ))
+    .await;
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await)
+        .rest()
+        .await;
+    assert!(events.iter().all(|e| e.data != "[DONE]"));
+    let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert!(last.get("error").is_some(), "{last}");
+}

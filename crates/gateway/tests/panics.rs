@@ -34,8 +34,8 @@ impl Provider for Panicking {
         "panicking"
     }
 
-    fn supports_prefill(&self) -> bool {
-        false
+    fn continuation(&self) -> providers::Continuation {
+        providers::Continuation::None
     }
 
     fn stream(&self, _request: ChatRequest) -> ProviderFuture<'_> {

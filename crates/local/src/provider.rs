@@ -190,8 +190,9 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    fn supports_prefill(&self) -> bool {
-        true
+    fn continuation(&self) -> providers::Continuation {
+        // The prefix is appended to the prompt natively.
+        providers::Continuation::AssistantMessage
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderFuture<'_> {

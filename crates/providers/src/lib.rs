@@ -27,6 +27,24 @@ pub use delta::{Delta, DeltaStream};
 pub use error::ProviderError;
 pub use request::{ChatRequest, Message};
 
+/// How an upstream continues a partial answer: where the partial answer goes in the
+/// request. A provider that cannot continue is never used to continue (no instruction
+/// prompt pretends it can).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Continuation {
+    /// It cannot (OpenAI; current Claude models refuse a prefill with 400).
+    #[default]
+    None,
+    /// A trailing assistant message holds the partial answer (llama.cpp server, Ollama,
+    /// SGLang, older Claude models); in-process providers continue natively.
+    AssistantMessage,
+    /// The trailing assistant message carries `"prefix": true` (DeepSeek, Mistral).
+    PrefixFlag,
+    /// vLLM: `continue_final_message: true` with `add_generation_prompt: false`.
+    ContinueFinalMessage,
+}
+
 /// The future [`Provider::stream`] returns.
 pub type ProviderFuture<'a> =
     Pin<Box<dyn Future<Output = Result<DeltaStream, ProviderError>> + Send + 'a>>;
@@ -36,9 +54,14 @@ pub trait Provider: Send + Sync + 'static {
     /// The adapter's kind, for logs and metrics (`"openai"`, `"simulator"`, …).
     fn kind(&self) -> &'static str;
 
-    /// Whether [`ChatRequest::assistant_prefix`] is honoured (assistant prefill), so a
-    /// partial answer can be continued on this provider.
-    fn supports_prefill(&self) -> bool;
+    /// How this provider continues a partial answer ([`ChatRequest::assistant_prefix`]),
+    /// if it can.
+    fn continuation(&self) -> Continuation;
+
+    /// Whether a partial answer can be continued on this provider.
+    fn supports_prefill(&self) -> bool {
+        self.continuation() != Continuation::None
+    }
 
     /// Start an answer. The future resolves once the upstream accepted the request
     /// (status 200 and headers received), so an early refusal is an `Err` here, not an

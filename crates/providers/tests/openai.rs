@@ -322,7 +322,7 @@ async fn prefill_through_http_continues_the_simulators_answer() {
     })
     .await;
     let mut config = OpenAiConfig::new(server.base_url(), "upstream-model");
-    config.supports_prefill = true;
+    config.continuation = providers::Continuation::AssistantMessage;
     let provider = OpenAiProvider::new(config).unwrap();
     let request = request("continue me");
     let full = simulator.answer_text(&request);

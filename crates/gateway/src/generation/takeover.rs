@@ -11,7 +11,7 @@
 //! - a tool call or any other non-text record: it fails `interrupted`;
 //! - no text yet: the answer starts afresh, on the model's first target;
 //! - text: the supervisor continues it on a target that can continue (the local model,
-//!   a target with `supports_prefill`), appending only the new tokens; if none can, it
+//!   a target with a `continuation` mode), appending only the new tokens; if none can, it
 //!   fails `interrupted`, saying where the answer was cut.
 //!
 //! A session whose relay died gets a new relay, which skips the answer's text already

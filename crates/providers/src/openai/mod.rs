@@ -11,6 +11,7 @@
 //! - `request`: the upstream request body.
 //! - `stream`: reading the event stream into deltas.
 
+mod echo;
 mod request;
 mod stream;
 
@@ -22,7 +23,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName
 
 use crate::error::ProviderError;
 use crate::request::ChatRequest;
-use crate::{Provider, ProviderFuture};
+use crate::{Continuation, Provider, ProviderFuture};
 
 /// How much of an error body is read (for the debug log, or a refusal's explanation).
 const ERROR_BODY_LIMIT: usize = 4096;
@@ -46,14 +47,14 @@ pub struct OpenAiConfig {
     pub extra_headers: Vec<(String, String)>,
     /// How long establishing a connection (TCP and TLS) may take.
     pub connect_timeout: Duration,
-    /// Whether this upstream continues a final assistant message (DeepSeek, vLLM): then a
-    /// [`ChatRequest::assistant_prefix`] is sent as one. Model-specific, so off by default.
-    pub supports_prefill: bool,
+    /// How this upstream continues a partial answer ([`ChatRequest::assistant_prefix`]).
+    /// Model-specific, so none by default.
+    pub continuation: Continuation,
 }
 
 impl OpenAiConfig {
     /// A config for `model` at `base_url`, without key or extra headers, with a 10 s
-    /// connect timeout and prefill off.
+    /// connect timeout and no continuation.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
@@ -61,7 +62,7 @@ impl OpenAiConfig {
             model: model.into(),
             extra_headers: Vec::new(),
             connect_timeout: Duration::from_secs(10),
-            supports_prefill: false,
+            continuation: Continuation::None,
         }
     }
 }
@@ -79,7 +80,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("model", &self.model)
             .field("extra_headers", &header_names)
             .field("connect_timeout", &self.connect_timeout)
-            .field("supports_prefill", &self.supports_prefill)
+            .field("continuation", &self.continuation)
             .finish()
     }
 }
@@ -179,14 +180,14 @@ impl Provider for OpenAiProvider {
         "openai"
     }
 
-    fn supports_prefill(&self) -> bool {
-        self.inner.config.supports_prefill
+    fn continuation(&self) -> Continuation {
+        self.inner.config.continuation
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderFuture<'_> {
         Box::pin(async move {
             let inner = &*self.inner;
-            let body = request::body(&request, &inner.config.model, inner.config.supports_prefill)?;
+            let body = request::body(&request, &inner.config.model, inner.config.continuation)?;
             let response = inner
                 .http
                 .post(&inner.url)
@@ -227,10 +228,13 @@ impl Provider for OpenAiProvider {
                 )));
             }
             let body = response.bytes_stream();
-            Ok(stream::deltas(futures_util::StreamExt::map(
-                body,
-                |chunk| chunk.map_err(|error| error.without_url()),
-            )))
+            let deltas = stream::deltas(futures_util::StreamExt::map(body, |chunk| {
+                chunk.map_err(|error| error.without_url())
+            }));
+            Ok(match request.assistant_prefix.as_deref() {
+                Some(prefix) => echo::drop_echo(deltas, prefix),
+                None => deltas,
+            })
         })
     }
 }

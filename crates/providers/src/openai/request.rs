@@ -2,22 +2,23 @@
 //!
 //! The client's own `stream` and `stream_options` (kept in `extra`) are replaced: the
 //! gateway always streams upstream and always asks for usage. A continuation prefix
-//! becomes a final assistant message, the prefill convention of DeepSeek and vLLM.
+//! becomes a final assistant message, marked as the target's [`Continuation`] mode says.
 
 use serde_json::{Map, Value, json};
 
+use crate::Continuation;
 use crate::error::ProviderError;
 use crate::request::ChatRequest;
 
 /// Serialise `request` for an upstream that knows the model as `model`.
 ///
 /// # Errors
-/// [`ProviderError::InvalidRequest`] when the request has a prefix but `prefill` is off,
-/// or cannot be serialised.
+/// [`ProviderError::InvalidRequest`] when the request has a prefix but the upstream
+/// cannot continue, or cannot be serialised.
 pub(crate) fn body(
     request: &ChatRequest,
     model: &str,
-    prefill: bool,
+    continuation: Continuation,
 ) -> Result<Vec<u8>, ProviderError> {
     let mut map = match serde_json::to_value(request) {
         Ok(Value::Object(map)) => map,
@@ -35,7 +36,7 @@ pub(crate) fn body(
         .as_deref()
         .filter(|p| !p.is_empty())
     {
-        if !prefill {
+        if continuation == Continuation::None {
             return Err(ProviderError::InvalidRequest(
                 "this upstream does not support continuing a partial answer (prefill)".into(),
             ));
@@ -44,7 +45,14 @@ pub(crate) fn body(
             let mut message = Map::new();
             message.insert("role".into(), Value::String("assistant".into()));
             message.insert("content".into(), Value::String(prefix.to_owned()));
+            if continuation == Continuation::PrefixFlag {
+                message.insert("prefix".into(), Value::Bool(true));
+            }
             messages.push(Value::Object(message));
+        }
+        if continuation == Continuation::ContinueFinalMessage {
+            map.insert("continue_final_message".into(), Value::Bool(true));
+            map.insert("add_generation_prompt".into(), Value::Bool(false));
         }
     }
     serde_json::to_vec(&map)
@@ -76,7 +84,7 @@ mod tests {
             "user": "u1",
         }));
         let body: Value =
-            serde_json::from_slice(&body(&request, "gpt-up", false).unwrap()).unwrap();
+            serde_json::from_slice(&body(&request, "gpt-up", Continuation::None).unwrap()).unwrap();
         assert_eq!(body["model"], "gpt-up");
         assert_eq!(body["stream"], true);
         assert_eq!(body["stream_options"], json!({"include_usage": true}));
@@ -87,18 +95,31 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_becomes_a_final_assistant_message_only_with_prefill() {
+    fn a_prefix_is_sent_as_the_continuation_mode_says() {
         let mut request = request(json!({}));
         request.assistant_prefix = Some("Once upon".into());
         assert!(matches!(
-            body(&request, "m", false),
+            body(&request, "m", Continuation::None),
             Err(ProviderError::InvalidRequest(_))
         ));
-        let body: Value = serde_json::from_slice(&body(&request, "m", true).unwrap()).unwrap();
+        let sent = |mode| -> Value {
+            serde_json::from_slice(&body(&request, "m", mode).unwrap()).unwrap()
+        };
+        let plain = sent(Continuation::AssistantMessage);
         assert_eq!(
-            body["messages"][1],
+            plain["messages"][1],
             json!({"role": "assistant", "content": "Once upon"})
         );
-        assert!(body.get("assistant_prefix").is_none());
+        assert!(plain.get("assistant_prefix").is_none());
+        assert!(plain.get("continue_final_message").is_none());
+        let flagged = sent(Continuation::PrefixFlag);
+        assert_eq!(
+            flagged["messages"][1],
+            json!({"role": "assistant", "content": "Once upon", "prefix": true})
+        );
+        let vllm = sent(Continuation::ContinueFinalMessage);
+        assert_eq!(vllm["messages"][1]["content"], "Once upon");
+        assert_eq!(vllm["continue_final_message"], true);
+        assert_eq!(vllm["add_generation_prompt"], false);
     }
 }

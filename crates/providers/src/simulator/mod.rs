@@ -53,6 +53,10 @@ pub struct SimulatorConfig {
     pub error_times: Option<u32>,
     /// The `Retry-After` sent with refusals, in seconds.
     pub retry_after_s: Option<u64>,
+    /// Over HTTP: the convention a continued request must follow (a final assistant
+    /// message, marked as the mode says); another one is refused with 400, as real
+    /// servers refuse a prefill they do not support. Default `assistant_message`.
+    pub continuation: crate::Continuation,
 }
 
 impl Default for SimulatorConfig {
@@ -67,6 +71,7 @@ impl Default for SimulatorConfig {
             error_probability: 1.0,
             error_times: None,
             retry_after_s: None,
+            continuation: crate::Continuation::AssistantMessage,
         }
     }
 }
@@ -181,8 +186,8 @@ impl Provider for SimulatorProvider {
         "simulator"
     }
 
-    fn supports_prefill(&self) -> bool {
-        true
+    fn continuation(&self) -> crate::Continuation {
+        crate::Continuation::AssistantMessage
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderFuture<'_> {

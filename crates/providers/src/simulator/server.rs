@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use super::answer::Answer;
 use super::{SimulatorConfig, SimulatorProvider};
+use crate::Continuation;
 use crate::error::ProviderError;
 use crate::request::ChatRequest;
 
@@ -118,11 +119,24 @@ async fn chat_completions(State(simulator): State<SimulatorProvider>, body: Byte
             .and_then(Value::as_u64)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     }
-    if request
-        .messages
-        .last()
-        .is_some_and(|m| m.role == "assistant")
-    {
+    if let Some(last) = request.messages.last().filter(|m| m.role == "assistant") {
+        let flagged = last.extra.get("prefix") == Some(&Value::Bool(true));
+        let continued = request.extra.get("continue_final_message") == Some(&Value::Bool(true));
+        let refusal = match simulator.config.continuation {
+            Continuation::None => Some("this model does not support assistant message prefill"),
+            Continuation::AssistantMessage => None,
+            Continuation::PrefixFlag if flagged => None,
+            Continuation::PrefixFlag => {
+                Some("a final assistant message is continued only with \"prefix\": true")
+            }
+            Continuation::ContinueFinalMessage if continued => None,
+            Continuation::ContinueFinalMessage => Some(
+                "a final assistant message is continued only with continue_final_message: true",
+            ),
+        };
+        if let Some(message) = refusal {
+            return error_response(StatusCode::BAD_REQUEST, message, None);
+        }
         request.assistant_prefix = request.messages.pop().map(|m| m.text());
     }
 
