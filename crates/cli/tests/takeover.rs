@@ -244,19 +244,8 @@ async fn a_session_answer_is_relayed_to_its_end_after_kill_9() {
     let store = sqlite(dir.path());
     let server = Server::start(Some(&config), &store);
     let session = format!("{}/v1/sessions/s1", server.url);
-    let channel = http()
-        .get(format!("{session}/events"))
-        .send()
-        .await
-        .unwrap();
-    let mut channel = events(channel);
-    let sent = http()
-        .post(format!("{session}/messages"))
-        .json(&json!({ "content": "Tell me a story." }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    let mut channel = session_channel(&session).await;
+    assert_eq!(message(&session, "Tell me a story.").await, 202);
     let mut tokens = 0;
     while tokens < 30 {
         let event = channel.next().await.expect("the channel goes on");
@@ -267,12 +256,7 @@ async fn a_session_answer_is_relayed_to_its_end_after_kill_9() {
 
     let server = Server::start(Some(&config), &store);
     let session = format!("{}/v1/sessions/s1", server.url);
-    let channel = http()
-        .get(format!("{session}/events"))
-        .send()
-        .await
-        .unwrap();
-    let mut channel = events(channel);
+    let mut channel = session_channel(&session).await;
     let complete = tokio::time::timeout(WITHIN, async {
         loop {
             let event = channel.next().await.expect("the channel goes on");
@@ -288,13 +272,33 @@ async fn a_session_answer_is_relayed_to_its_end_after_kill_9() {
     assert_eq!(complete["tokenCount"], 300, "{complete}");
     assert_eq!(complete["finishReason"], "stop", "{complete}");
 
-    let next = http()
+    assert_eq!(
+        message(&session, "And another.").await,
+        202,
+        "the session is free again"
+    );
+}
+
+/// The SSE channel of `session` (its URL).
+async fn session_channel(session: &str) -> futures_util::stream::BoxStream<'static, sse::Event> {
+    events(
+        http()
+            .get(format!("{session}/events"))
+            .send()
+            .await
+            .unwrap(),
+    )
+}
+
+/// Send `content` to `session`; the status.
+async fn message(session: &str, content: &str) -> u16 {
+    let sent = http()
         .post(format!("{session}/messages"))
-        .json(&json!({ "content": "And another." }))
+        .json(&json!({ "content": content }))
         .send()
         .await
         .unwrap();
-    assert_eq!(next.status(), 202, "the session is free again");
+    sent.status().as_u16()
 }
 
 /// A TCP proxy on 127.0.0.1 spreading connections over `backends` in turn, skipping any

@@ -8,13 +8,13 @@
 //! They need the model file: run `scripts/fetch-model` first. A missing file fails these
 //! tests, it never skips them. One model is loaded per test binary and shared.
 
-use std::sync::OnceLock;
+mod common;
 
+use common::provider;
 use futures_util::StreamExt;
 use local::loops::loop_end;
-use local::{LocalOptions, LocalProvider, default_model_path};
-use providers::{ChatRequest, Delta, Message, Provider, ProviderError};
-use serde_json::{Map, Value, json};
+use providers::{ChatRequest, Delta, Provider, ProviderError};
+use serde_json::{Value, json};
 
 /// The README's example.
 const QUESTION: &str = "What is the capital of France?";
@@ -34,37 +34,6 @@ const EVERYDAY: [&str; 10] = [
     "Suggest a name for a pet cat.",
     "List the days of the week.",
 ];
-
-fn provider() -> &'static LocalProvider {
-    static PROVIDER: OnceLock<LocalProvider> = OnceLock::new();
-    PROVIDER.get_or_init(|| {
-        let path = default_model_path();
-        match LocalProvider::load(&path, LocalOptions::default()) {
-            Ok(provider) => provider,
-            Err(e) => {
-                panic!("the model tests need the model file: run scripts/fetch-model first ({e})")
-            }
-        }
-    })
-}
-
-/// A request at the provider's defaults: no temperature, top_p or seed.
-fn request(user: &str, max_tokens: u32) -> ChatRequest {
-    ChatRequest {
-        model: local::MODEL_ID.to_string(),
-        messages: vec![Message {
-            role: "user".into(),
-            content: Value::String(user.into()),
-            extra: Map::new(),
-        }],
-        temperature: None,
-        top_p: None,
-        max_tokens: Some(max_tokens),
-        seed: None,
-        assistant_prefix: None,
-        extra: Map::new(),
-    }
-}
 
 #[derive(Debug)]
 struct Answer {
@@ -220,4 +189,9 @@ async fn a_frequency_penalty_in_the_request_reduces_repetition() {
         repeated(&penalised.text) < repeated(&plain.text),
         "{plain:#?}\n{penalised:#?}"
     );
+}
+
+/// A request at temperature None.
+fn request(user: &str, max_tokens: u32) -> ChatRequest {
+    common::request(user, max_tokens, None)
 }

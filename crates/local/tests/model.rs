@@ -5,42 +5,12 @@
 //! One model is loaded per test binary and shared; every answer is short, so the whole
 //! file runs in seconds with the dev-profile `opt-level = 3` overrides for candle.
 
-use std::sync::OnceLock;
+mod common;
 
+use common::provider;
 use futures_util::StreamExt;
-use local::{LocalError, LocalOptions, LocalProvider, default_model_path};
-use providers::{ChatRequest, Delta, Message, Provider};
-use serde_json::{Map, Value};
-
-fn provider() -> &'static LocalProvider {
-    static PROVIDER: OnceLock<LocalProvider> = OnceLock::new();
-    PROVIDER.get_or_init(|| {
-        let path = default_model_path();
-        match LocalProvider::load(&path, LocalOptions::default()) {
-            Ok(provider) => provider,
-            Err(e) => {
-                panic!("the model tests need the model file: run scripts/fetch-model first ({e})")
-            }
-        }
-    })
-}
-
-fn request(user: &str, max_tokens: u32) -> ChatRequest {
-    ChatRequest {
-        model: local::MODEL_ID.to_string(),
-        messages: vec![Message {
-            role: "user".into(),
-            content: Value::String(user.into()),
-            extra: Map::new(),
-        }],
-        temperature: Some(0.0),
-        top_p: None,
-        max_tokens: Some(max_tokens),
-        seed: None,
-        assistant_prefix: None,
-        extra: Map::new(),
-    }
-}
+use local::{LocalError, LocalOptions, LocalProvider};
+use providers::{ChatRequest, Delta, Provider};
 
 /// The answer's text pieces, its usage and its finish reason.
 struct Answer {
@@ -203,4 +173,9 @@ async fn continuation_from_a_text_prefix_equals_the_uninterrupted_answer() {
             assert_eq!(rest.finish, full.finish);
         }
     }
+}
+
+/// A request at temperature Some(0.0).
+fn request(user: &str, max_tokens: u32) -> ChatRequest {
+    common::request(user, max_tokens, Some(0.0))
 }
