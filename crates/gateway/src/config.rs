@@ -295,6 +295,13 @@ pub struct TargetConfig {
     /// Backoff base for those retries. Default 200 ms (full jitter, factor 2, max 5 s).
     #[serde(default = "defaults::retry_base_ms")]
     pub retry_base_ms: u64,
+    /// Consecutive failed starts that open the target's circuit breaker (0: never).
+    /// Default 5.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker skips the target before one probe request. Default 30 s.
+    #[serde(default = "defaults::breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
 
     // --- openai ---
     /// Upstream base URL, e.g. `https://api.openai.com/v1`.
@@ -354,6 +361,12 @@ mod defaults {
     }
     pub fn max_retries() -> u32 {
         2
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_cooldown_ms() -> u64 {
+        30_000
     }
     pub fn retry_base_ms() -> u64 {
         200

@@ -10,6 +10,7 @@
 //! - [`state`]: [`AppState`], shared by handlers and supervisors, built from the config.
 //! - [`auth`]: API keys → [`auth::Principal`]; streams are bound to their principal.
 //! - [`router`]: model → targets; queues, permits, retries, fallback, peek-before-commit.
+//! - [`breaker`]: a circuit breaker per target.
 //! - [`generation`]: a generation's whole life: starting it as one detached unit, its
 //!   writer (continuation after upstream failure), the session relay, the one reader path
 //!   of answers, and takeover of answers whose writer died.
@@ -21,6 +22,7 @@
 
 mod accept;
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod error;
 pub mod generation;

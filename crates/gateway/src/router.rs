@@ -46,6 +46,10 @@ pub struct Limits {
     pub max_retries: u32,
     /// Backoff base.
     pub retry_base: Duration,
+    /// Consecutive failed starts that open the target's circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker skips the target before one probe.
+    pub breaker_cooldown: Duration,
 }
 
 impl Limits {
@@ -63,6 +67,8 @@ impl Limits {
             between_token_timeout: Duration::from_millis(config.between_token_timeout_ms),
             max_retries: config.max_retries,
             retry_base: Duration::from_millis(config.retry_base_ms),
+            breaker_failures: config.breaker_failures,
+            breaker_cooldown: Duration::from_millis(config.breaker_cooldown_ms),
         }
     }
 }
@@ -77,6 +83,7 @@ pub struct Target {
     pub limits: Limits,
     permits: Arc<Semaphore>,
     waiting: AtomicI64,
+    breaker: crate::breaker::Breaker,
 }
 
 impl Target {
@@ -84,11 +91,17 @@ impl Target {
     pub fn new(provider: Arc<dyn Provider>, upstream_model: String, limits: Limits) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limits.max_concurrency)),
+            breaker: crate::breaker::Breaker::new(limits.breaker_failures, limits.breaker_cooldown),
             provider,
             upstream_model,
             limits,
             waiting: AtomicI64::new(0),
         }
+    }
+
+    /// Whether its circuit breaker skips it now.
+    pub fn is_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     /// Slots free right now (for tests and metrics).
@@ -144,6 +157,12 @@ impl Model {
             if prefill_only && !target.provider.supports_prefill() {
                 continue;
             }
+            if !target.breaker.admit() {
+                last.get_or_insert(StartError::Upstream(ProviderError::Connect(
+                    "the upstream is failing; its circuit breaker is open".into(),
+                )));
+                continue;
+            }
             let permit = match self.queue(target, index).await {
                 Some(permit) => permit,
                 None => {
@@ -152,7 +171,19 @@ impl Model {
                     continue;
                 }
             };
-            match self.attempts(target, request).await {
+            let started = self.attempts(target, request).await;
+            match &started {
+                Ok(_) => target.breaker.success(),
+                Err(error) if error.is_the_requests_fault() => {}
+                Err(_) => {
+                    if target.breaker.failure() {
+                        tracing::warn!(model = %self.name, target = index, "circuit breaker open");
+                    }
+                }
+            }
+            metrics::gauge!("unbroken_circuit_open", "model" => self.name.clone(), "target" => index.to_string())
+                .set(if target.breaker.is_open() { 1.0 } else { 0.0 });
+            match started {
                 Ok(deltas) => {
                     return Ok(Started {
                         deltas,

@@ -424,3 +424,58 @@ async fn each_continuation_mode_continues_on_an_upstream_of_its_convention() {
     let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
     assert!(last.get("error").is_some(), "{last}");
 }
+
+/// An upstream that fails every request opens its circuit breaker: after `breaker_failures`
+/// failed starts it gets no more requests during the cool-down, and they go straight to
+/// the fallback.
+#[tokio::test]
+async fn a_failing_upstream_opens_its_breaker_and_requests_go_to_the_fallback() {
+    let failing = Upstream::start(SimulatorConfig {
+        error_status: Some(500),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let healthy = Upstream::start(SimulatorConfig::default()).await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"tripped\"\ntargets = [{}, {}]\n",
+        openai_target(
+            &failing,
+            ", max_retries = 0, breaker_failures = 2, breaker_cooldown_ms = 600000"
+        ),
+        openai_target(&healthy, "")
+    ))
+    .await;
+    for _ in 0..5 {
+        let events = Events::new(gateway.chat(&chat_body("tripped", true)).await)
+            .rest()
+            .await;
+        assert_eq!(
+            events.last().unwrap().data,
+            "[DONE]",
+            "the fallback answers"
+        );
+    }
+    assert_eq!(
+        failing.requests(),
+        2,
+        "after two failures, no more requests"
+    );
+    assert_eq!(healthy.requests(), 5);
+    assert!(gateway.state.models.get("tripped").unwrap().targets[0].is_open());
+    let metrics = http()
+        .get(format!("{}/metrics", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("unbroken_circuit_open{")
+                && l.contains("model=\"tripped\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}

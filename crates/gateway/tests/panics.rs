@@ -72,6 +72,8 @@ async fn gateway(when: When) -> (Gateway, Arc<Panicking>) {
         between_token_timeout: Duration::from_secs(10),
         max_retries: 0,
         retry_base: Duration::from_millis(1),
+        breaker_failures: 0,
+        breaker_cooldown: Duration::from_secs(30),
     };
     let mut models = Models::default();
     models.insert(Model {
