@@ -132,7 +132,21 @@ pub fn register_metrics(models: &Models) {
         "unbroken_queue_depth",
         "requests waiting for a target's slot"
     );
+    describe_gauge!(
+        "unbroken_circuit_open",
+        "1 while a target's circuit breaker skips it"
+    );
+    describe_counter!(
+        "unbroken_takeovers_total",
+        "streams whose writer died, taken over by this node"
+    );
+    describe_histogram!(
+        "unbroken_takeover_seconds",
+        metrics::Unit::Seconds,
+        "from a taken-over stream's lease to its continuation starting"
+    );
     metrics::gauge!("unbroken_active_streams").increment(0.0);
+    metrics::counter!("unbroken_takeovers_total").increment(0);
     metrics::gauge!("unbroken_active_readers").increment(0.0);
     metrics::counter!("unbroken_appends_total").increment(0);
     metrics::counter!("unbroken_resumes_total").increment(0);
@@ -144,6 +158,12 @@ pub fn register_metrics(models: &Models) {
         for index in 0..model.targets.len() {
             metrics::gauge!(
                 "unbroken_queue_depth",
+                "model" => name.clone(),
+                "target" => index.to_string()
+            )
+            .increment(0.0);
+            metrics::gauge!(
+                "unbroken_circuit_open",
                 "model" => name.clone(),
                 "target" => index.to_string()
             )
