@@ -56,6 +56,19 @@ fn stream_id(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// Stream `id` at `base` from the event after `last_id`, read to its end.
+async fn resume(base: &str, id: &str, last_id: &str) -> Answer {
+    let rest = http()
+        .get(format!("{base}/v1/streams/{id}"))
+        .header("last-event-id", last_id)
+        .send()
+        .await
+        .unwrap();
+    Answer::default()
+        .read_to_end(&mut events(rest), WITHIN)
+        .await
+}
+
 /// Start an answer, read `cut` of its events, `kill -9` the server, restart it on the
 /// same store, and read the stream again from the start. Returns the stream id, what the
 /// first reader saw (ids and data), the whole answer after the restart, and the server.
@@ -130,15 +143,7 @@ async fn a_local_answer_cut_by_kill_9_finishes_as_if_never_cut() {
         for event in &seen {
             before.add(event);
         }
-        let rest = http()
-            .get(format!("{}/v1/streams/{id}", server.url))
-            .header("last-event-id", &before.last_id)
-            .send()
-            .await
-            .unwrap();
-        let rest = Answer::default()
-            .read_to_end(&mut events(rest), WITHIN)
-            .await;
+        let rest = resume(&server.url, &id, &before.last_id).await;
         assert_eq!(before.text + &rest.text, reference.text, "cut after {cut}");
         assert!(rest.done);
     }
@@ -340,7 +345,6 @@ async fn another_node_finishes_an_answer_whose_node_died() {
         .collect();
     let tasks = tokio_util::task::TaskTracker::new();
     let url = proxy(nodes.iter().map(|n| n.url.clone()).collect(), &tasks).await;
-    let through = |path: &str| format!("{url}{path}");
     let body = json!({
         "model": "smollm2",
         "stream": true,
@@ -350,7 +354,7 @@ async fn another_node_finishes_an_answer_whose_node_died() {
     });
     let ask = || {
         http()
-            .post(through("/v1/chat/completions"))
+            .post(format!("{url}/v1/chat/completions"))
             .header("connection", "close")
             .json(&body)
             .send()
@@ -391,15 +395,7 @@ async fn another_node_finishes_an_answer_whose_node_died() {
         .kill_9();
     drop(live);
 
-    let rest = http()
-        .get(through(&format!("/v1/streams/{id}")))
-        .header("last-event-id", &before.last_id)
-        .send()
-        .await
-        .unwrap();
-    let rest = Answer::default()
-        .read_to_end(&mut events(rest), WITHIN)
-        .await;
+    let rest = resume(&url, &id, &before.last_id).await;
     assert!(rest.done && rest.error.is_none(), "{rest:?}");
     assert_eq!(before.text + &rest.text, reference.text);
     assert_eq!(rest.finish, reference.finish);

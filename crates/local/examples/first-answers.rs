@@ -23,18 +23,8 @@ use local::{LocalOptions, LocalProvider, default_model_path};
 use providers::{ChatRequest, Delta, Message, Provider};
 use serde_json::{Map, Value};
 
-const EVERYDAY: [&str; 10] = [
-    "Write a haiku about the sea.",
-    "Give me three tips for sleeping better.",
-    "How do I boil an egg?",
-    "What is photosynthesis?",
-    "Translate 'good morning' into Spanish.",
-    "Write a short poem about autumn.",
-    "What are the benefits of drinking water?",
-    "Explain what a computer is to a child.",
-    "Suggest a name for a pet cat.",
-    "List the days of the week.",
-];
+/// The fixed set of everyday prompts, one per line (written for this project).
+const EVERYDAY: &str = include_str!("../tests/fixtures/everyday-prompts.txt");
 
 struct Answer {
     text: String,
@@ -119,7 +109,7 @@ async fn main() {
                     ..options
                 }
             }
-            "--everyday" => prompts = EVERYDAY.iter().map(|p| p.to_string()).collect(),
+            "--everyday" => prompts = EVERYDAY.lines().map(|p| p.to_string()).collect(),
             "--prefix" => prefix = args.next(),
             "--set" => set(&mut options, &args.next().unwrap()),
             prompt => prompts = vec![prompt.to_string()],

@@ -22,18 +22,8 @@ const QUESTION: &str = "What is the capital of France?";
 /// Long enough for the loop rule (64 tokens) to catch a loop that starts early.
 const MAX_TOKENS: u32 = 128;
 
-const EVERYDAY: [&str; 10] = [
-    "Write a haiku about the sea.",
-    "Give me three tips for sleeping better.",
-    "How do I boil an egg?",
-    "What is photosynthesis?",
-    "Translate 'good morning' into Spanish.",
-    "Write a short poem about autumn.",
-    "What are the benefits of drinking water?",
-    "Explain what a computer is to a child.",
-    "Suggest a name for a pet cat.",
-    "List the days of the week.",
-];
+/// The fixed set of everyday prompts, one per line (written for this project).
+const EVERYDAY: &str = include_str!("fixtures/everyday-prompts.txt");
 
 #[derive(Debug)]
 struct Answer {
@@ -102,7 +92,8 @@ async fn the_readme_question_names_paris_first_in_19_of_20_answers() {
 
 #[tokio::test]
 async fn everyday_prompts_do_not_loop() {
-    for prompt in EVERYDAY {
+    assert_eq!(EVERYDAY.lines().count(), 10, "the fixed set");
+    for prompt in EVERYDAY.lines() {
         let answer = answer(request(prompt, MAX_TOKENS)).await;
         assert!(!answer.looped(), "{prompt:?} looped: {answer:#?}");
         assert!(!answer.text.trim().is_empty(), "{prompt:?}: {answer:#?}");
