@@ -329,6 +329,7 @@ impl Job {
         send(Delta::Usage {
             prompt_tokens: self.prompt.len() as u64,
             completion_tokens: generated as u64,
+            cached_tokens: 0,
         })?;
         send(Delta::Finish {
             reason: finish.to_string(),

@@ -22,12 +22,17 @@ pub enum Delta {
         /// A fragment of the JSON arguments.
         arguments: String,
     },
-    /// Token counts, usually just before the end.
+    /// Token counts of this upstream request, usually just before the end. A later
+    /// `Usage` of the same request replaces an earlier one (Anthropic reports the prompt
+    /// at the start and the completion at the end).
     Usage {
-        /// Prompt tokens.
+        /// Prompt tokens, cached ones included.
         prompt_tokens: u64,
         /// Generated tokens.
         completion_tokens: u64,
+        /// Of the prompt tokens, those read from the upstream's prompt cache (billed at
+        /// the cached-input price).
+        cached_tokens: u64,
     },
     /// The answer ended normally for this reason (`stop`, `length`, `tool_calls`, …).
     /// A stream that ends without a `Finish` was cut short: that is an error, never a

@@ -55,14 +55,15 @@ impl ProviderError {
     }
 
     /// Whether retrying the same request (or falling back to another target) may help:
-    /// connection errors, timeouts, interruptions and 408/429/500/502/503/504.
+    /// connection errors, timeouts, interruptions and 408/429/500/502/503/504, and 529
+    /// (Anthropic's "overloaded").
     pub fn is_retryable(&self) -> bool {
         match self {
             ProviderError::Connect(_)
             | ProviderError::Timeout(_)
             | ProviderError::Interrupted(_) => true,
             ProviderError::Status { status, .. } => {
-                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529)
             }
             ProviderError::Protocol(_)
             | ProviderError::InvalidRequest(_)

@@ -10,15 +10,21 @@
 //!   adapter receives (with `assistant_prefix` for continuation).
 //! - [`delta`]: [`Delta`], one piece of an answer, and the [`DeltaStream`] type.
 //! - [`error`]: [`ProviderError`], which knows its status and whether a retry may help.
+//! - [`upstream`]: what the HTTP adapters share (posting, error statuses, reading events).
 //! - [`openai`]: any Chat Completions-compatible server (OpenAI, vLLM, Ollama, …).
+//! - [`anthropic`]: Anthropic's Messages API (Claude).
+//! - [`gemini`]: Google's Gemini API (`streamGenerateContent`).
 //! - [`simulator`]: synthetic answers with fault injection, for load and fault tests
 //!   only — never presented as a model — also servable as a standalone HTTP server.
 
+pub mod anthropic;
 pub mod delta;
 pub mod error;
+pub mod gemini;
 pub mod openai;
 pub mod request;
 pub mod simulator;
+pub mod upstream;
 
 use std::future::Future;
 use std::pin::Pin;

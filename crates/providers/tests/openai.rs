@@ -47,7 +47,8 @@ async fn a_full_answer_streams_as_text_usage_and_finish() {
         [
             Delta::Usage {
                 prompt_tokens: 2,
-                completion_tokens: 20
+                completion_tokens: 20,
+                cached_tokens: 0,
             },
             Delta::Finish {
                 reason: "stop".into()
@@ -256,7 +257,8 @@ async fn tool_call_chunks_become_tool_call_deltas() {
             },
             Delta::Usage {
                 prompt_tokens: 9,
-                completion_tokens: 5
+                completion_tokens: 5,
+                cached_tokens: 0,
             },
             Delta::Finish {
                 reason: "tool_calls".into()

@@ -104,7 +104,8 @@ async fn max_tokens_below_the_answer_length_finishes_with_length() {
         [
             Delta::Usage {
                 prompt_tokens: 3,
-                completion_tokens: 4
+                completion_tokens: 4,
+                cached_tokens: 0,
             },
             Delta::Finish {
                 reason: "length".into()

@@ -574,6 +574,7 @@ impl Writer {
                 Delta::Usage {
                     prompt_tokens,
                     completion_tokens,
+                    ..
                 } => Record::Usage {
                     prompt_tokens,
                     completion_tokens,

@@ -1,102 +1,25 @@
-//! Reading a streaming Chat Completions response: SSE events in, [`Delta`]s out.
-//!
-//! Each `data:` event holds one `chat.completion.chunk`. `choices[0].delta.content` becomes
-//! [`Delta::Text`], `delta.tool_calls[]` become [`Delta::ToolCall`]s. OpenAI sends the
-//! finish reason first and the usage in a later chunk with empty `choices`, then
-//! `data: [DONE]`; so the finish reason is held back and emitted last, after the usage,
-//! when `[DONE]` or the end of the body arrives. A body that ends, breaks or reports an
-//! error before any finish reason is [`ProviderError::Interrupted`], never a normal end.
+//! Reading a streaming Chat Completions response: each `data:` event holds one
+//! `chat.completion.chunk`. `choices[0].delta.content` becomes [`Delta::Text`],
+//! `delta.tool_calls[]` become [`Delta::ToolCall`]s. OpenAI sends the finish reason first
+//! and the usage in a later chunk with empty `choices`, then `data: [DONE]`; so the finish
+//! reason is held back and emitted last, after the usage, when `[DONE]` or the end of the
+//! body arrives. A body that ends, breaks or reports an error before any finish reason is
+//! [`ProviderError::Interrupted`], never a normal end.
 
 use std::collections::VecDeque;
 
-use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use sse::{Decoder, EventStream, Frame, StreamError};
 
-use crate::delta::{Delta, DeltaStream};
+use crate::delta::Delta;
 use crate::error::ProviderError;
-
-/// The largest single event accepted from an upstream.
-const MAX_EVENT_BYTES: usize = 4 << 20;
-
-/// Turn a response body into the answer's deltas.
-pub(crate) fn deltas<S, B, E>(body: S) -> DeltaStream
-where
-    S: Stream<Item = Result<B, E>> + Send + 'static,
-    B: AsRef<[u8]> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    let events =
-        EventStream::with_decoder(body, Decoder::new().with_max_event_size(MAX_EVENT_BYTES));
-    let state = State {
-        events: Box::pin(events),
-        chunks: ChunkDecoder::default(),
-        pending: VecDeque::new(),
-        ended: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            loop {
-                if let Some(delta) = state.pending.pop_front() {
-                    return Some((Ok(delta), state));
-                }
-                if state.ended {
-                    return None;
-                }
-                let outcome = match state.events.next().await {
-                    Some(Ok(Frame::Event(event))) => state.chunks.event(&event.event, &event.data),
-                    Some(Ok(Frame::Retry(_))) => Ok(Step::Continue),
-                    Some(Err(StreamError::Decode(error))) => {
-                        Err(ProviderError::Protocol(error.to_string()))
-                    }
-                    Some(Err(StreamError::Transport(error))) => state
-                        .chunks
-                        .end(format!("reading the upstream body failed: {error}")),
-                    None => state
-                        .chunks
-                        .end("the upstream closed the stream before a finish reason".into()),
-                };
-                match outcome {
-                    Ok(Step::Continue) => state.chunks.drain(&mut state.pending),
-                    Ok(Step::Done) => {
-                        state.chunks.drain(&mut state.pending);
-                        state.chunks.finish(&mut state.pending);
-                        state.ended = true;
-                    }
-                    Err(error) => {
-                        state.ended = true;
-                        return Some((Err(error), state));
-                    }
-                }
-            }
-        },
-    ))
-}
-
-struct State<S> {
-    events: std::pin::Pin<Box<EventStream<S>>>,
-    chunks: ChunkDecoder,
-    pending: VecDeque<Delta>,
-    ended: bool,
-}
-
-/// What the caller does after an event.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Step {
-    /// Keep reading.
-    Continue,
-    /// The answer is complete: emit what is held back and stop.
-    Done,
-}
+use crate::upstream::events::{Step, WireDecoder, truncate};
 
 /// The chunk-level state machine, separate from I/O so it can be tested on strings.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkDecoder {
-    out: VecDeque<Delta>,
     finish: Option<String>,
-    usage: Option<(u64, u64)>,
+    usage: Option<Delta>,
 }
 
 #[derive(Deserialize)]
@@ -151,11 +74,23 @@ struct Usage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
 }
 
-impl ChunkDecoder {
-    /// Handle one SSE event of type `kind` with payload `data`.
-    pub(crate) fn event(&mut self, kind: &str, data: &str) -> Result<Step, ProviderError> {
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: u64,
+}
+
+impl WireDecoder for ChunkDecoder {
+    fn event(
+        &mut self,
+        kind: &str,
+        data: &str,
+        out: &mut VecDeque<Delta>,
+    ) -> Result<Step, ProviderError> {
         if data.trim() == "[DONE]" {
             return self.end("the upstream sent [DONE] without a finish reason".into());
         }
@@ -180,14 +115,14 @@ impl ChunkDecoder {
         if let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) {
             if let Some(delta) = choice.delta {
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
-                    self.out.push_back(Delta::Text(text));
+                    out.push_back(Delta::Text(text));
                 }
                 for call in delta.tool_calls {
                     let (name, arguments) = match call.function {
                         Some(f) => (f.name, f.arguments.unwrap_or_default()),
                         None => (None, String::new()),
                     };
-                    self.out.push_back(Delta::ToolCall {
+                    out.push_back(Delta::ToolCall {
                         index: call.index,
                         id: call.id,
                         name,
@@ -200,14 +135,18 @@ impl ChunkDecoder {
             }
         }
         if let Some(usage) = chunk.usage {
-            self.usage = Some((usage.prompt_tokens, usage.completion_tokens));
+            self.usage = Some(Delta::Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cached_tokens: usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+            });
         }
         Ok(Step::Continue)
     }
 
-    /// The body ended (`[DONE]`, EOF or a transport error, described by `why`): a normal
-    /// end if a finish reason arrived, an interruption otherwise.
-    pub(crate) fn end(&mut self, why: String) -> Result<Step, ProviderError> {
+    /// `[DONE]`, EOF or a transport error: a normal end if a finish reason arrived, an
+    /// interruption otherwise.
+    fn end(&mut self, why: String) -> Result<Step, ProviderError> {
         if self.finish.is_some() {
             Ok(Step::Done)
         } else {
@@ -215,30 +154,11 @@ impl ChunkDecoder {
         }
     }
 
-    /// Move the deltas decoded so far to `pending`.
-    pub(crate) fn drain(&mut self, pending: &mut VecDeque<Delta>) {
-        pending.append(&mut self.out);
-    }
-
-    /// Emit the held-back usage and finish reason.
-    pub(crate) fn finish(&mut self, pending: &mut VecDeque<Delta>) {
-        if let Some((prompt_tokens, completion_tokens)) = self.usage.take() {
-            pending.push_back(Delta::Usage {
-                prompt_tokens,
-                completion_tokens,
-            });
-        }
+    fn finish(&mut self, out: &mut VecDeque<Delta>) {
+        out.extend(self.usage.take());
         if let Some(reason) = self.finish.take() {
-            pending.push_back(Delta::Finish { reason });
+            out.push_back(Delta::Finish { reason });
         }
-    }
-}
-
-/// At most 512 characters of `text`, for debug logs.
-pub(crate) fn truncate(text: &str) -> &str {
-    match text.char_indices().nth(512) {
-        Some((at, _)) => &text[..at],
-        None => text,
     }
 }
 
@@ -247,26 +167,8 @@ mod tests {
     use super::*;
 
     fn run(events: &[&str], end: Option<&str>) -> (Vec<Delta>, Result<(), ProviderError>) {
-        let mut decoder = ChunkDecoder::default();
-        let mut pending = VecDeque::new();
-        for data in events {
-            match decoder.event("message", data) {
-                Ok(Step::Continue) => decoder.drain(&mut pending),
-                Ok(Step::Done) => {
-                    decoder.drain(&mut pending);
-                    decoder.finish(&mut pending);
-                    return (pending.into(), Ok(()));
-                }
-                Err(error) => return (pending.into(), Err(error)),
-            }
-        }
-        let result = match end {
-            Some(why) => decoder
-                .end(why.into())
-                .map(|_| decoder.finish(&mut pending)),
-            None => Ok(()),
-        };
-        (pending.into(), result)
+        let events: Vec<(&str, &str)> = events.iter().map(|data| ("message", *data)).collect();
+        crate::upstream::events::run(&mut ChunkDecoder::default(), &events, end)
     }
 
     #[test]
@@ -288,7 +190,8 @@ mod tests {
                 Delta::Text("Hi".into()),
                 Delta::Usage {
                     prompt_tokens: 3,
-                    completion_tokens: 1
+                    completion_tokens: 1,
+                    cached_tokens: 0,
                 },
                 Delta::Finish {
                     reason: "stop".into()
@@ -342,12 +245,5 @@ mod tests {
         }
         let (_, result) = run(&["not json"], None);
         assert!(matches!(result, Err(ProviderError::Protocol(_))));
-    }
-
-    #[test]
-    fn truncate_respects_characters() {
-        let long = "é".repeat(600);
-        assert_eq!(truncate(&long).chars().count(), 512);
-        assert_eq!(truncate("short"), "short");
     }
 }

@@ -238,6 +238,7 @@ impl DeltaState {
                     let usage = Delta::Usage {
                         prompt_tokens: self.answer.prompt_tokens,
                         completion_tokens: self.answer.pieces.len() as u64,
+                        cached_tokens: 0,
                     };
                     return Some((Ok(usage), self));
                 };

@@ -84,18 +84,47 @@ pub async fn recording_upstream(
     content_type: &'static str,
     reply: &'static str,
 ) -> (Server, mpsc::UnboundedReceiver<Recorded>) {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let router = Router::new().route(
+    fake_upstream(
         "/v1/chat/completions",
-        post(move |headers: HeaderMap, request: Bytes| {
-            let sender = sender.clone();
-            async move {
-                let body = serde_json::from_slice(&request).unwrap();
-                sender.send(Recorded { headers, body }).unwrap();
-                let status = StatusCode::from_u16(status).unwrap();
-                (status, [(header::CONTENT_TYPE, content_type)], reply).into_response()
-            }
-        }),
+        status,
+        &[(header::CONTENT_TYPE.as_str(), content_type)],
+        reply,
+    )
+    .await
+}
+
+/// A fake upstream answering every `POST {route}` (an axum route, e.g.
+/// `/v1/messages`) with `status`, the `headers` and `reply`, and sending each request it
+/// received (with its query string in the `x-query` header) on the channel.
+pub async fn fake_upstream(
+    route: &str,
+    status: u16,
+    headers: &[(&'static str, &'static str)],
+    reply: &'static str,
+) -> (Server, mpsc::UnboundedReceiver<Recorded>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let reply_headers: Vec<(&'static str, &'static str)> = headers.to_vec();
+    let router = Router::new().route(
+        route,
+        post(
+            move |uri: axum::http::Uri, mut headers: HeaderMap, request: Bytes| {
+                let sender = sender.clone();
+                let reply_headers = reply_headers.clone();
+                async move {
+                    if let Some(query) = uri.query() {
+                        headers.insert("x-query", query.parse().unwrap());
+                    }
+                    let body = serde_json::from_slice(&request).unwrap();
+                    sender.send(Recorded { headers, body }).unwrap();
+                    let mut response =
+                        (StatusCode::from_u16(status).unwrap(), reply).into_response();
+                    for (name, value) in reply_headers {
+                        response.headers_mut().insert(name, value.parse().unwrap());
+                    }
+                    response
+                }
+            },
+        ),
     );
     (start(router).await, receiver)
 }

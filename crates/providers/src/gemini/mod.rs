@@ -1,0 +1,1 @@
+//! Gemini streamGenerateContent adapter (in progress).
