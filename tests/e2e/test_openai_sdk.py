@@ -159,7 +159,7 @@ class Models(unittest.TestCase):
     def test_models_list_names_the_configured_models(self):
         with client() as c:
             models = c.models.list()
-        self.assertEqual({m.id for m in models}, {"sim", "sim-slow", "sim-late", "sim-refuses"})
+        self.assertEqual({m.id for m in models}, {"sim", "sim-slow", "sim-late", "sim-refuses", "claude", "claude-tools", "claude-cut", "gemini", "gemini-tools"})
         self.assertTrue(all(m.object == "model" for m in models))
 
 
@@ -209,10 +209,11 @@ class Resume(unittest.TestCase):
             stream.close()  # the connection drops mid-answer
         self.assertEqual(seen[0].id, f"chatcmpl-{stream_id}")
 
-        # Every chunk is one SSE event whose id is its seq, so 5 chunks end at id 5.
+        # Every chunk is one SSE event whose id is its seq; seq 1 names the upstream
+        # request serving the answer (not a chunk), so 5 chunks end at id 6.
         with httpx.Client(base_url=URL, timeout=30) as http:
             with http.stream(
-                "GET", f"/v1/streams/{stream_id}", headers={"Last-Event-ID": "5"}
+                "GET", f"/v1/streams/{stream_id}", headers={"Last-Event-ID": "6"}
             ) as response:
                 self.assertEqual(response.status_code, 200)
                 self.assertTrue(
@@ -224,7 +225,7 @@ class Resume(unittest.TestCase):
             # Tokens, then the finish two ids on (the usage record, not asked for, is not
             # rendered), then [DONE]: none missing, none twice.
             tokens = ids[:-2]
-            self.assertEqual(tokens, list(range(6, 6 + len(tokens))), "no token id missing")
+            self.assertEqual(tokens, list(range(7, 7 + len(tokens))), "no token id missing")
             self.assertEqual(ids[-2:], [tokens[-1] + 2, tokens[-1] + 3])
             chunks = [json.loads(d) for _, d in rest[:-1]]
             self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")

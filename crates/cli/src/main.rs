@@ -23,6 +23,7 @@ mod listen;
 mod serve;
 mod simulate;
 mod takeover_bench;
+mod usage;
 
 /// unbroken: AI answers over Server-Sent Events that survive dropped connections.
 #[derive(Debug, Parser)]
@@ -48,6 +49,8 @@ enum Command {
     Bench(bench::Args),
     /// Kill -9 a gateway with answers in flight, restart it, and measure the takeover.
     BenchTakeover(takeover_bench::Args),
+    /// Show what answers cost: tokens, requests and USD per model, target or principal.
+    Usage(usage::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             Command::Simulate(args) => simulate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchTakeover(args) => takeover_bench::run(args).await,
+            Command::Usage(args) => usage::run(args).await,
         }
     });
     match result {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use gateway::config::{ModelConfig, StoreKind, TargetConfig};
+use gateway::config::{ModelConfig, ProviderConfig, StoreKind, TargetConfig};
 use gateway::{AppState, Config};
 use providers::Provider;
 
@@ -71,6 +71,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.models.push(ModelConfig {
             name: local::MODEL_ID.to_owned(),
             targets: vec![serde_json::from_value::<TargetConfig>(target)?],
+            deadline_ms: None,
+            fallback_on: Vec::new(),
         });
     } else if args.model.is_some() {
         bail!(
@@ -113,6 +115,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Build a `provider = "local"` target: load its GGUF file.
 fn load_local(target: &TargetConfig, key: &str) -> Result<Arc<dyn Provider>, String> {
+    let ProviderConfig::Local(target) = &target.provider else {
+        return Err(format!("{key}: not a local target"));
+    };
     let path = target
         .path
         .clone()

@@ -98,6 +98,7 @@ mod tests {
                 sha256: hash.to_uppercase(),
             }],
             keys_file: None,
+            admins: Vec::new(),
         })
         .unwrap();
         assert!(keys.enabled());
@@ -126,6 +127,7 @@ mod tests {
         let keys = Keys::load(&AuthConfig {
             keys: Vec::new(),
             keys_file: Some(path.clone()),
+            admins: Vec::new(),
         })
         .unwrap();
         assert_eq!(
@@ -139,6 +141,7 @@ mod tests {
         let error = Keys::load(&AuthConfig {
             keys: Vec::new(),
             keys_file: Some(path),
+            admins: Vec::new(),
         })
         .unwrap_err();
         assert!(error.contains("line 2"), "{error}");

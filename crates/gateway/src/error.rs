@@ -89,6 +89,16 @@ impl ApiError {
         )
     }
 
+    /// 403: the principal may not do this.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            code,
+            message.into(),
+        )
+    }
+
     /// 409: the request conflicts with the resource's state.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(

@@ -31,6 +31,7 @@ pub mod live;
 pub mod router;
 pub mod signal;
 pub mod state;
+pub mod usage;
 pub mod writers;
 
 use std::future::Future;

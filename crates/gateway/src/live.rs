@@ -20,6 +20,9 @@ pub struct Live {
     /// Raised when the generation stopped and left its stream open (a hard shutdown, a
     /// log that stopped taking appends): its readers here end `interrupted`.
     pub abandoned: Signal,
+    /// The name of the target serving the answer, once its first request answered (for
+    /// the `Unbroken-Target` header).
+    pub serving: std::sync::OnceLock<String>,
     readers: AtomicUsize,
     /// Milliseconds since `epoch` when the last reader detached (or the start).
     idle_since_ms: AtomicU64,
@@ -31,6 +34,7 @@ impl Live {
         Self {
             cancel: Signal::new(),
             abandoned: Signal::new(),
+            serving: std::sync::OnceLock::new(),
             readers: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             epoch: Instant::now(),

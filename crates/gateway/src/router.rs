@@ -3,12 +3,15 @@
 //! Per target: a FIFO queue in front of `max_concurrency` slots (a fair semaphore; the
 //! permit is RAII and travels with the generation, so no path can leak a slot), a queue
 //! timeout (429 with `Retry-After` when every target's queue timed out), retries with
-//! exponential backoff and full jitter on retryable failures before the first token
-//! (honouring a `Retry-After` of up to [`LONGEST_RETRY_WAIT`]; an upstream that asks for
-//! a longer wait is not waited for), then the next target. An upstream that refuses the
-//! request itself (400, 413, 422) ends the search at once: the client gets its status. "Peek before commit": a start
-//! succeeds only once the first delta has arrived, so an early upstream failure becomes
-//! a real HTTP status instead of a 200 with an error inside.
+//! exponential backoff and full jitter before the first token of the failures the
+//! target's `retry_same_target_on` names (`429` and `5xx` by default; honouring a
+//! `Retry-After` of up to [`LONGEST_RETRY_WAIT`]: an upstream that asks for a longer wait
+//! is not waited for), then the next target — at once for timeouts and refused
+//! connections. An upstream that refuses the request itself (400, 413, 422) ends the
+//! search: the client gets its status, unless the model's `fallback_on` names the
+//! refusal's code. A model's `deadline_ms` bounds the whole search. "Peek before
+//! commit": a start succeeds only once the first delta has arrived, so an early upstream
+//! failure becomes a real HTTP status instead of a 200 with an error inside.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +25,7 @@ use futures_util::{Stream, StreamExt};
 use providers::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{ProviderKind, TargetConfig};
+use crate::config::{Price, ProviderKind, TargetConfig};
 
 /// The longest wait before a retry: the backoff's ceiling, and the longest upstream
 /// `Retry-After` the router waits for. A request holds its slot and its client while it
@@ -42,10 +45,12 @@ pub struct Limits {
     pub first_token_timeout: Duration,
     /// Token to token.
     pub between_token_timeout: Duration,
-    /// Retries before the first token.
+    /// Retries on the same target before the first token.
     pub max_retries: u32,
     /// Backoff base.
     pub retry_base: Duration,
+    /// Which failures are retried on the same target (others go to the next at once).
+    pub retry_on: Vec<RetryRule>,
     /// Consecutive failed starts that open the target's circuit breaker (0: never).
     pub breaker_failures: u32,
     /// How long an open breaker skips the target before one probe.
@@ -55,48 +60,124 @@ pub struct Limits {
 impl Limits {
     /// From a target's config.
     pub fn from_config(config: &TargetConfig) -> Self {
-        let default_concurrency = match config.provider {
+        let default_concurrency = match config.kind() {
             // A generation keeps the CPU busy: more at once only slows each one down.
             ProviderKind::Local => std::thread::available_parallelism().map_or(1, usize::from),
             _ => 64,
         };
+        let limits = &config.limits;
         Self {
-            max_concurrency: config.max_concurrency.unwrap_or(default_concurrency),
-            queue_timeout: Duration::from_millis(config.queue_timeout_ms),
-            first_token_timeout: Duration::from_millis(config.first_token_timeout_ms),
-            between_token_timeout: Duration::from_millis(config.between_token_timeout_ms),
-            max_retries: config.max_retries,
-            retry_base: Duration::from_millis(config.retry_base_ms),
-            breaker_failures: config.breaker_failures,
-            breaker_cooldown: Duration::from_millis(config.breaker_cooldown_ms),
+            max_concurrency: limits.max_concurrency.unwrap_or(default_concurrency),
+            queue_timeout: Duration::from_millis(limits.queue_timeout_ms),
+            first_token_timeout: Duration::from_millis(limits.first_token_timeout_ms),
+            between_token_timeout: Duration::from_millis(limits.between_token_timeout_ms),
+            max_retries: limits.max_retries,
+            retry_base: Duration::from_millis(limits.retry_base_ms),
+            retry_on: limits
+                .retry_same_target_on
+                .iter()
+                .filter_map(|rule| RetryRule::parse(rule))
+                .collect(),
+            breaker_failures: limits.breaker_failures,
+            breaker_cooldown: Duration::from_millis(limits.breaker_cooldown_ms),
+        }
+    }
+}
+
+/// A failure `retry_same_target_on` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRule {
+    /// This HTTP status (`"429"`).
+    Status(u16),
+    /// Every status of this hundred (`"5xx"`: 5).
+    Class(u16),
+    /// No response, first token or next token in time.
+    Timeout,
+    /// The upstream could not be reached.
+    Connect,
+    /// The stream broke before its first token.
+    Interrupted,
+}
+
+impl RetryRule {
+    /// `"429"`, `"5xx"`, `"timeout"`, `"connect"` or `"interrupted"`.
+    pub fn parse(rule: &str) -> Option<Self> {
+        match rule {
+            "timeout" => Some(Self::Timeout),
+            "connect" => Some(Self::Connect),
+            "interrupted" => Some(Self::Interrupted),
+            _ => {
+                let bytes = rule.as_bytes();
+                if bytes.len() == 3 && bytes[1..].eq_ignore_ascii_case(b"xx") {
+                    let class = u16::from(bytes[0].checked_sub(b'0')?);
+                    return (1..=5).contains(&class).then_some(Self::Class(class));
+                }
+                let status: u16 = rule.parse().ok()?;
+                (100..=599)
+                    .contains(&status)
+                    .then_some(Self::Status(status))
+            }
+        }
+    }
+
+    /// Whether `error` is one this rule retries.
+    pub fn matches(self, error: &ProviderError) -> bool {
+        match (self, error) {
+            (Self::Status(want), ProviderError::Status { status, .. }) => *status == want,
+            (Self::Class(class), ProviderError::Status { status, .. }) => *status / 100 == class,
+            (Self::Timeout, ProviderError::Timeout(_)) => true,
+            (Self::Connect, ProviderError::Connect(_)) => true,
+            (Self::Interrupted, ProviderError::Interrupted(_)) => true,
+            _ => false,
         }
     }
 }
 
 /// One upstream target of a model.
 pub struct Target {
+    /// Its name (`Unbroken-Target`, usage, metrics).
+    pub name: String,
     /// The adapter.
     pub provider: Arc<dyn Provider>,
     /// The model name sent upstream.
     pub upstream_model: String,
     /// Its limits.
     pub limits: Limits,
+    /// What it charges, if the operator said.
+    pub price: Option<Price>,
     permits: Arc<Semaphore>,
     waiting: AtomicI64,
     breaker: crate::breaker::Breaker,
 }
 
 impl Target {
-    /// A target with its own slot pool.
+    /// A target with its own slot pool, named `<provider kind>:<upstream model>`, without
+    /// a price.
     pub fn new(provider: Arc<dyn Provider>, upstream_model: String, limits: Limits) -> Self {
         Self {
+            name: format!("{}:{upstream_model}", provider.kind()),
             permits: Arc::new(Semaphore::new(limits.max_concurrency)),
             breaker: crate::breaker::Breaker::new(limits.breaker_failures, limits.breaker_cooldown),
             provider,
             upstream_model,
             limits,
+            price: None,
             waiting: AtomicI64::new(0),
         }
+    }
+
+    /// The same target called `name`.
+    #[must_use]
+    pub fn named(mut self, name: String) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// The same target charging `price`.
+    #[must_use]
+    pub fn priced(mut self, price: Option<Price>) -> Self {
+        self.price = price;
+        self
     }
 
     /// Whether its circuit breaker skips it now.
@@ -116,6 +197,20 @@ pub struct Model {
     pub name: String,
     /// Targets in order of preference.
     pub targets: Vec<Target>,
+    /// The longest wait for a first token over every retry and fallback.
+    pub deadline: Option<Duration>,
+    /// Refusal codes that move a request to the next target.
+    pub fallback_on: Vec<String>,
+}
+
+/// One upstream request that ended before its first token (a retry or fallback follows,
+/// or the start fails).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// Which target.
+    pub target: usize,
+    /// How it ended: the HTTP status, or an error code (`upstream_timeout`, …).
+    pub status: String,
 }
 
 /// An answer that has produced its first delta.
@@ -141,19 +236,36 @@ pub enum StartError {
 }
 
 impl Model {
+    /// A model serving from `targets`, with no deadline and no refusal that falls back.
+    pub fn new(name: String, targets: Vec<Target>) -> Self {
+        Self {
+            name,
+            targets,
+            deadline: None,
+            fallback_on: Vec::new(),
+        }
+    }
+
     /// Start the answer on the first target (from `first`) that produces a first delta.
     /// With `prefill_only`, targets that cannot continue a partial answer are skipped.
+    /// Every upstream request that failed on the way is added to `failed`.
     ///
     /// # Errors
-    /// [`StartError`] when every target failed.
+    /// [`StartError`] when every target failed, or the model's deadline passed.
     pub async fn start(
         &self,
         request: &ChatRequest,
         first: usize,
         prefill_only: bool,
+        failed: &mut Vec<Attempt>,
     ) -> Result<Started, StartError> {
+        let deadline = self.deadline.map(|limit| Instant::now() + limit);
         let mut last: Option<StartError> = None;
         for (index, target) in self.targets.iter().enumerate().skip(first) {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                last = Some(StartError::Upstream(ProviderError::Timeout("deadline")));
+                break;
+            }
             if prefill_only && !target.provider.supports_prefill() {
                 continue;
             }
@@ -163,7 +275,7 @@ impl Model {
                 )));
                 continue;
             }
-            let permit = match self.queue(target, index).await {
+            let permit = match self.queue(target, deadline).await {
                 Some(permit) => permit,
                 None => {
                     let retry_after = target.limits.queue_timeout.as_secs().max(1);
@@ -171,7 +283,9 @@ impl Model {
                     continue;
                 }
             };
-            let started = self.attempts(target, request).await;
+            let started = self
+                .attempts(target, index, request, deadline, failed)
+                .await;
             match &started {
                 Ok(_) => target.breaker.success(),
                 Err(error) if error.is_the_requests_fault() => {}
@@ -181,7 +295,7 @@ impl Model {
                     }
                 }
             }
-            metrics::gauge!("unbroken_circuit_open", "model" => self.name.clone(), "target" => index.to_string())
+            metrics::gauge!("unbroken_circuit_open", "model" => self.name.clone(), "target" => target.name.clone())
                 .set(if target.breaker.is_open() { 1.0 } else { 0.0 });
             match started {
                 Ok(deltas) => {
@@ -191,7 +305,7 @@ impl Model {
                         target: index,
                     });
                 }
-                Err(error) if error.is_the_requests_fault() => {
+                Err(error) if error.is_the_requests_fault() && !self.falls_back_on(&error) => {
                     // The request itself is wrong: no other target will like it better.
                     return Err(StartError::Upstream(error));
                 }
@@ -205,16 +319,26 @@ impl Model {
         )
     }
 
-    async fn queue(&self, target: &Target, index: usize) -> Option<OwnedSemaphorePermit> {
+    /// Whether a refusal with this error's code moves the request to the next target.
+    fn falls_back_on(&self, error: &ProviderError) -> bool {
+        matches!(error, ProviderError::Rejected { .. })
+            && self.fallback_on.iter().any(|code| code == error.code())
+    }
+
+    async fn queue(
+        &self,
+        target: &Target,
+        deadline: Option<Instant>,
+    ) -> Option<OwnedSemaphorePermit> {
         let gauge = metrics::gauge!(
             "unbroken_queue_depth",
             "model" => self.name.clone(),
-            "target" => index.to_string()
+            "target" => target.name.clone()
         );
         let depth = target.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         gauge.set(depth as f64);
         let permit = tokio::time::timeout(
-            target.limits.queue_timeout,
+            within(target.limits.queue_timeout, deadline),
             Arc::clone(&target.permits).acquire_owned(),
         )
         .await;
@@ -223,23 +347,34 @@ impl Model {
         permit.ok()?.ok()
     }
 
-    /// Up to `1 + max_retries` attempts on one target.
+    /// Up to `1 + max_retries` attempts on one target; failures `retry_same_target_on`
+    /// does not name go to the next target at once.
     async fn attempts(
         &self,
         target: &Target,
+        index: usize,
         request: &ChatRequest,
+        deadline: Option<Instant>,
+        failed: &mut Vec<Attempt>,
     ) -> Result<DeltaStream, ProviderError> {
         let mut request = request.clone();
         request.model.clone_from(&target.upstream_model);
         let mut attempt = 0;
         loop {
             let began = Instant::now();
+            let limit = within(target.limits.first_token_timeout, deadline);
             let result = tokio::time::timeout(
-                target.limits.first_token_timeout,
+                limit,
                 first_delta(target.provider.as_ref(), request.clone()),
             )
             .await
-            .unwrap_or(Err(ProviderError::Timeout("first token")));
+            .unwrap_or(Err(ProviderError::Timeout(
+                if limit < target.limits.first_token_timeout {
+                    "deadline"
+                } else {
+                    "first token"
+                },
+            )));
             let status = match &result {
                 Ok(_) => "ok".to_owned(),
                 Err(
@@ -250,10 +385,17 @@ impl Model {
             metrics::counter!(
                 "unbroken_upstream_requests_total",
                 "model" => self.name.clone(),
+                "target" => target.name.clone(),
                 "provider" => target.provider.kind(),
-                "status" => status
+                "status" => status.clone()
             )
             .increment(1);
+            if result.is_err() {
+                failed.push(Attempt {
+                    target: index,
+                    status,
+                });
+            }
             match result {
                 Ok((first, rest)) => {
                     metrics::histogram!("unbroken_upstream_ttft_seconds", "model" => self.name.clone())
@@ -265,7 +407,11 @@ impl Model {
                     ));
                 }
                 Err(error)
-                    if error.is_retryable()
+                    if target
+                        .limits
+                        .retry_on
+                        .iter()
+                        .any(|rule| rule.matches(&error))
                         && attempt < target.limits.max_retries
                         && error
                             .retry_after()
@@ -273,6 +419,9 @@ impl Model {
                 {
                     attempt += 1;
                     let delay = backoff(target.limits.retry_base, attempt, error.retry_after());
+                    if deadline.is_some_and(|at| Instant::now() + delay >= at) {
+                        return Err(error);
+                    }
                     tracing::debug!(%error, attempt, ?delay, "retrying upstream");
                     tokio::time::sleep(delay).await;
                 }
@@ -280,6 +429,13 @@ impl Model {
             }
         }
     }
+}
+
+/// `limit`, or less if `deadline` comes sooner.
+fn within(limit: Duration, deadline: Option<Instant>) -> Duration {
+    deadline.map_or(limit, |at| {
+        limit.min(at.saturating_duration_since(Instant::now()))
+    })
 }
 
 /// Call the provider and wait for its first delta.
@@ -356,7 +512,7 @@ impl Stream for BetweenTokens {
 }
 
 /// Full-jitter exponential backoff (factor 2, capped at 5 s), at least `Retry-After`.
-fn backoff(base: Duration, attempt: u32, retry_after: Option<Duration>) -> Duration {
+pub fn backoff(base: Duration, attempt: u32, retry_after: Option<Duration>) -> Duration {
     let ceiling = base
         .saturating_mul(1u32 << attempt.min(16))
         .min(LONGEST_RETRY_WAIT);

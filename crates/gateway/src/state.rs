@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use providers::Provider;
+use providers::anthropic::{AnthropicConfig, AnthropicProvider};
+use providers::gemini::{GeminiConfig, GeminiProvider};
 use providers::openai::{OpenAiConfig, OpenAiProvider};
 use providers::simulator::{SimulatorConfig, SimulatorProvider};
 use streamlog::StreamLog;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Keys, Principal};
-use crate::config::{Config, ProviderKind, ServerConfig, StoreConfig, StoreKind, TargetConfig};
+use crate::config::{Config, ProviderConfig, ServerConfig, StoreConfig, StoreKind, TargetConfig};
 use crate::live::LiveStreams;
 use crate::router::{Limits, Model, Models, Target};
 use crate::signal::Signal;
@@ -69,6 +71,10 @@ pub struct Shared {
     pub topics: crate::config::TopicsConfig,
     /// Topics this node has served, for retention.
     pub known_topics: std::sync::Mutex<std::collections::HashSet<streamlog::StreamId>>,
+    /// What every answer cost.
+    pub ledger: Arc<crate::usage::Ledger>,
+    /// Principals who may see everyone's usage.
+    pub admins: std::collections::HashSet<String>,
 }
 
 impl AppState {
@@ -97,19 +103,24 @@ impl AppState {
         let mut models = Models::default();
         for (m, model) in config.models.iter().enumerate() {
             let mut targets = Vec::new();
-            for (t, target) in model.targets.iter().enumerate() {
+            let names = model.target_names();
+            for ((t, target), name) in model.targets.iter().enumerate().zip(names) {
                 let key = format!("models[{m}].targets[{t}]");
                 let provider = match target.provider {
-                    ProviderKind::Local => local(target, &key)?,
+                    ProviderConfig::Local(_) => local(target, &key)?,
                     _ => build_provider(target, &model.name, &key)?,
                 };
-                let upstream = target.model.clone().unwrap_or_else(|| model.name.clone());
-                targets.push(Target::new(provider, upstream, Limits::from_config(target)));
+                let upstream = target.upstream_model(&model.name);
+                targets.push(
+                    Target::new(provider, upstream, Limits::from_config(target))
+                        .named(name)
+                        .priced(target.limits.price),
+                );
             }
-            models.insert(Model {
-                name: model.name.clone(),
-                targets,
-            });
+            let mut built = Model::new(model.name.clone(), targets);
+            built.deadline = model.deadline_ms.map(Duration::from_millis);
+            built.fallback_on.clone_from(&model.fallback_on);
+            models.insert(built);
         }
         Ok(Self::with_models(
             config,
@@ -130,6 +141,8 @@ impl AppState {
         let node = format!("{node_id}/{}", streamlog::StreamId::new());
         Self(Arc::new(Shared {
             server: config.server.clone(),
+            ledger: Arc::new(crate::usage::Ledger::new(Arc::clone(&log), node.clone())),
+            admins: config.auth.admins.iter().cloned().collect(),
             log,
             models,
             keys,
@@ -182,54 +195,76 @@ fn build_provider(
     model: &str,
     key: &str,
 ) -> Result<Arc<dyn Provider>, String> {
-    match target.provider {
-        ProviderKind::Openai => {
-            let api_key = match &target.api_key_env {
-                Some(var) => Some(std::env::var(var).map_err(|_| {
-                    format!("{key}.api_key_env: the environment variable {var} is not set")
-                })?),
-                None => None,
-            };
-            let mut config = OpenAiConfig::new(
-                target.base_url.clone().unwrap_or_default(),
-                target.model.clone().unwrap_or_else(|| model.to_owned()),
-            );
-            config.api_key = api_key;
-            config.extra_headers = target
-                .extra_headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            config.connect_timeout = Duration::from_millis(target.connect_timeout_ms);
+    let api_key = |env: &Option<String>| -> Result<Option<String>, String> {
+        match env {
+            Some(var) => std::env::var(var).map(Some).map_err(|_| {
+                format!("{key}.api_key_env: the environment variable {var} is not set")
+            }),
+            None => Ok(None),
+        }
+    };
+    let headers = |extra: &std::collections::BTreeMap<String, String>| {
+        extra
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    let connect_timeout = Duration::from_millis(target.limits.connect_timeout_ms);
+    let upstream_model = target.upstream_model(model);
+    let built: Result<Arc<dyn Provider>, providers::ProviderError> = match &target.provider {
+        ProviderConfig::Openai(openai) => {
+            let mut config = OpenAiConfig::new(openai.base_url.clone(), upstream_model);
+            config.api_key = api_key(&openai.api_key_env)?;
+            config.extra_headers = headers(&openai.extra_headers);
+            config.connect_timeout = connect_timeout;
             config.continuation = target.continuation();
-            if target.supports_prefill.is_some() {
+            if openai.supports_prefill.is_some() {
                 tracing::warn!(
                     "{key}.supports_prefill is deprecated: use continuation = \"assistant_message\""
                 );
             }
-            let provider = OpenAiProvider::new(config).map_err(|e| format!("{key}: {e}"))?;
-            Ok(Arc::new(provider))
+            OpenAiProvider::new(config).map(|p| Arc::new(p) as Arc<dyn Provider>)
         }
-        ProviderKind::Local => Err(format!("{key}: local targets are built by the binary")),
-        ProviderKind::Simulator => {
+        ProviderConfig::Anthropic(anthropic) => {
+            let mut config = AnthropicConfig::new(anthropic.base_url.clone(), upstream_model);
+            config.api_key = api_key(&anthropic.api_key_env)?;
+            config.extra_headers = headers(&anthropic.extra_headers);
+            config.connect_timeout = connect_timeout;
+            config.continuation = target.continuation();
+            config
+                .anthropic_version
+                .clone_from(&anthropic.anthropic_version);
+            config.max_tokens = anthropic.max_tokens;
+            AnthropicProvider::new(config).map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
+        ProviderConfig::Gemini(gemini) => {
+            let mut config = GeminiConfig::new(gemini.base_url.clone(), upstream_model);
+            config.api_key = api_key(&gemini.api_key_env)?;
+            config.extra_headers = headers(&gemini.extra_headers);
+            config.connect_timeout = connect_timeout;
+            GeminiProvider::new(config).map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
+        ProviderConfig::Local(_) => {
+            return Err(format!("{key}: local targets are built by the binary"));
+        }
+        ProviderConfig::Simulator(sim) => {
             let defaults = SimulatorConfig::default();
             let config = SimulatorConfig {
-                tokens: target.tokens.unwrap_or(defaults.tokens),
-                ttft_ms: target.ttft_ms.unwrap_or(defaults.ttft_ms),
-                interval_ms: target.interval_ms.unwrap_or(defaults.interval_ms),
-                seed: target.seed.unwrap_or(defaults.seed),
-                fail_after: target.fail_after.or(defaults.fail_after),
-                error_status: target.error_status.or(defaults.error_status),
-                error_probability: target
-                    .error_probability
-                    .unwrap_or(defaults.error_probability),
-                error_times: target.error_times.or(defaults.error_times),
-                retry_after_s: target.retry_after_s.or(defaults.retry_after_s),
+                tokens: sim.tokens.unwrap_or(defaults.tokens),
+                ttft_ms: sim.ttft_ms.unwrap_or(defaults.ttft_ms),
+                interval_ms: sim.interval_ms.unwrap_or(defaults.interval_ms),
+                seed: sim.seed.unwrap_or(defaults.seed),
+                fail_after: sim.fail_after.or(defaults.fail_after),
+                error_status: sim.error_status.or(defaults.error_status),
+                error_probability: sim.error_probability.unwrap_or(defaults.error_probability),
+                error_times: sim.error_times.or(defaults.error_times),
+                retry_after_s: sim.retry_after_s.or(defaults.retry_after_s),
                 continuation: defaults.continuation,
             };
             Ok(Arc::new(SimulatorProvider::new(config)))
         }
-    }
+    };
+    built.map_err(|e| format!("{key}: {e}"))
 }
 
 /// Open the configured stream log.

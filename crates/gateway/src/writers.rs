@@ -12,7 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use streamlog::{LogError, Record, Seq, StreamId, StreamLog, StreamState};
+use bytes::Bytes;
+use streamlog::{
+    IdempotencyEntry, IdempotencyOutcome, LogError, NewStream, Record, Seq, StreamId, StreamKind,
+    StreamLog, StreamMeta, StreamState,
+};
 
 /// How long an append waits for another node's append to the same stream.
 pub const WAIT: Duration = Duration::from_secs(3);
@@ -71,5 +75,51 @@ impl Writers {
         let seq = written?;
         closed?;
         Ok(seq)
+    }
+}
+
+/// The stream called `name` in `namespace` (topics, sessions, the usage ledger), created
+/// (owned by `owner`) on first use, by whichever node comes first.
+///
+/// # Errors
+/// Storage errors.
+pub async fn named_stream(
+    log: &dyn StreamLog,
+    namespace: String,
+    name: &str,
+    kind: StreamKind,
+    owner: &str,
+) -> Result<StreamMeta, LogError> {
+    let entry = IdempotencyEntry {
+        stream: StreamId::new(),
+        request_hash: Vec::new(),
+    };
+    let id = match log
+        .insert_idempotency_key(namespace, name.to_owned(), entry.clone())
+        .await?
+    {
+        IdempotencyOutcome::Inserted => entry.stream,
+        IdempotencyOutcome::Existing(existing) => existing.stream,
+    };
+    match log.status(id).await {
+        Ok(meta) => Ok(meta),
+        // Named a moment ago by someone who has not created it yet: create it ourselves;
+        // whoever comes second finds it existing.
+        Err(LogError::NotFound(_)) => {
+            let created = log
+                .create(NewStream {
+                    id,
+                    owner: owner.to_owned(),
+                    kind,
+                    request: Bytes::new(),
+                })
+                .await;
+            match created {
+                Ok(meta) => Ok(meta),
+                Err(LogError::AlreadyExists(_)) => log.status(id).await,
+                Err(error) => Err(error),
+            }
+        }
+        Err(error) => Err(error),
     }
 }

@@ -320,10 +320,10 @@ async fn a_mid_answer_cut_is_continued_on_a_prefill_target_as_one_answer() {
         .await;
     assert_eq!(events.last().unwrap().data, "[DONE]");
     let ids = ids(&events);
-    // One sequence, rising without a repeat (the usage record, not asked for, is the
-    // only id skipped).
+    // One sequence, rising without a repeat (the records saying which upstream request
+    // serves, and the usage, not asked for, are the ids skipped).
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "one sequence: {ids:?}");
-    assert_eq!(ids[0], 1);
+    assert_eq!(ids[0], 2);
     // The reader sees one unbroken answer: the same text as an uncut upstream's.
     let uncut = Events::new(
         http()

@@ -72,24 +72,25 @@ async fn gateway(when: When) -> (Gateway, Arc<Panicking>) {
         between_token_timeout: Duration::from_secs(10),
         max_retries: 0,
         retry_base: Duration::from_millis(1),
+        retry_on: Vec::new(),
         breaker_failures: 0,
         breaker_cooldown: Duration::from_secs(30),
     };
     let mut models = Models::default();
-    models.insert(Model {
-        name: "p".into(),
-        targets: vec![Target::new(provider.clone(), "p".into(), limits.clone())],
-    });
+    models.insert(Model::new(
+        "p".into(),
+        vec![Target::new(provider.clone(), "p".into(), limits.clone())],
+    ));
     // A healthy model beside it: 200 tokens 1 ms apart.
     let simulator = SimulatorProvider::new(SimulatorConfig {
         tokens: 200,
         interval_ms: 1,
         ..SimulatorConfig::default()
     });
-    models.insert(Model {
-        name: "ok".into(),
-        targets: vec![Target::new(Arc::new(simulator), "ok".into(), limits)],
-    });
+    models.insert(Model::new(
+        "ok".into(),
+        vec![Target::new(Arc::new(simulator), "ok".into(), limits)],
+    ));
     let state = AppState::with_models(&config, log, models, Keys::default());
     (Gateway::start_with(&config, state).await, provider)
 }

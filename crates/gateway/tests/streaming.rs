@@ -28,11 +28,12 @@ async fn a_streamed_answer_is_chunks_with_ids_then_done() {
     let events = Events::new(response);
     let id = events.stream_id();
     let events = events.rest().await;
-    // The usage record (41) is not rendered unless asked for, so every chunk has a
-    // choice: code that reads `choices[0]` of each chunk works.
+    // The record naming the upstream request that serves (1) is not rendered, nor the
+    // usage (42) unless asked for, so every chunk has a choice: code that reads
+    // `choices[0]` of each chunk works.
     assert_eq!(
         ids(&events),
-        (1..=40).chain([42, 43]).collect::<Vec<_>>(),
+        (2..=41).chain([43, 44]).collect::<Vec<_>>(),
         "40 tokens, finish, [DONE]"
     );
     for event in &events[..41] {
@@ -70,13 +71,13 @@ async fn the_usage_chunk_follows_the_finish_when_asked_for_and_on_resume() {
     assert_eq!(events[42].data, "[DONE]");
     // The usage chunk has no id of its own: the finish's stays the last, so resuming
     // from it repeats nothing.
-    assert_eq!(ids(&events)[40..], [42, 42, 43]);
+    assert_eq!(ids(&events)[40..], [43, 43, 44]);
     // A resume from the last token gets the finish and the usage again (the stored
     // request asked for it), then [DONE].
     let resumed = Events::new(
         http()
             .get(format!("{}/v1/streams/{id}", gateway.url))
-            .header("last-event-id", "40")
+            .header("last-event-id", "41")
             .send()
             .await
             .unwrap(),
@@ -137,7 +138,7 @@ async fn resume_gives_exactly_the_rest(gateway: Gateway) {
 
     // After the end: the finish chunk's id gives just [DONE]; [DONE]'s id gives 204.
     let after_finish = http()
-        .get(format!("{}/v1/streams/{id}?last_event_id=42", gateway.url))
+        .get(format!("{}/v1/streams/{id}?last_event_id=43", gateway.url))
         .send()
         .await
         .unwrap();
@@ -145,11 +146,11 @@ async fn resume_gives_exactly_the_rest(gateway: Gateway) {
     assert_eq!(rest.len(), 1);
     assert_eq!(
         (rest[0].id.as_str(), rest[0].data.as_str()),
-        ("43", "[DONE]")
+        ("44", "[DONE]")
     );
     let done = http()
         .get(format!("{}/v1/streams/{id}", gateway.url))
-        .header("last-event-id", "43")
+        .header("last-event-id", "44")
         .send()
         .await
         .unwrap();
@@ -164,7 +165,7 @@ async fn the_events_view_names_records() {
     events.rest().await;
     let view = http()
         .get(format!(
-            "{}/v1/streams/{id}?format=events&last_event_id=39",
+            "{}/v1/streams/{id}?format=events&last_event_id=40",
             gateway.url
         ))
         .send()
@@ -329,7 +330,7 @@ async fn a_disconnect_does_not_stop_the_writer() {
         status["state"], "finished",
         "the answer was written to the end"
     );
-    assert_eq!(status["seq"], 42);
+    assert_eq!(status["seq"], 43);
 }
 
 #[tokio::test]

@@ -89,7 +89,7 @@ pub use id::{ParseStreamIdError, Seq, StreamId};
 pub use memory::MemoryLog;
 pub use record::{
     FencingToken, IdempotencyEntry, IdempotencyOutcome, Lease, NewStream, Record, StreamKind,
-    StreamMeta, StreamState, Trim,
+    StreamMeta, StreamState, Trim, UpstreamRequest,
 };
 pub use redis::{RedisConfig, RedisLog};
 pub use sqlite::{SqliteConfig, SqliteLog, Synchronous};

@@ -40,12 +40,25 @@ pub enum Record {
         #[serde(default)]
         arguments: String,
     },
-    /// Token usage of the answer.
+    /// Token usage of the answer, written once before its last record: what the client
+    /// sent and received, and what every upstream request it took cost.
     Usage {
-        /// Tokens in the prompt.
+        /// Tokens in the prompt (of the first upstream request that answered).
         prompt_tokens: u64,
-        /// Tokens generated.
+        /// Tokens generated, over every upstream request: what the client received.
         completion_tokens: u64,
+        /// Every upstream request the answer made, in order, failed ones included.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        requests: Vec<UpstreamRequest>,
+    },
+    /// An upstream request starts serving the answer (the first, or a continuation):
+    /// which target and model the records after it come from. Not shown to chat clients
+    /// except as the chunks' `model`.
+    Upstream {
+        /// The target's name.
+        target: String,
+        /// The model at the upstream.
+        model: String,
     },
     /// The answer ended normally (`stop`, `length`, `tool_calls`, …).
     Finish {
@@ -71,6 +84,36 @@ pub enum Record {
         /// The payload.
         data: serde_json::Value,
     },
+}
+
+/// One upstream request of an answer, and what it cost.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct UpstreamRequest {
+    /// The target's name.
+    pub target: String,
+    /// The model at the upstream.
+    pub model: String,
+    /// How it ended: `ok`, `cut` (broke mid-answer), `cancelled`, `lost` (its writer
+    /// stopped), an HTTP status (`429`) or an error code (`upstream_timeout`).
+    pub status: String,
+    /// Prompt tokens, cached ones included.
+    pub prompt_tokens: u64,
+    /// Generated tokens.
+    pub completion_tokens: u64,
+    /// Prompt tokens read from the upstream's cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
+    /// True when the upstream reported no usage (a cut stream) and the counts are
+    /// estimates: pieces received, and the prompt's characters / 4.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    /// USD, when the target has a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Record {

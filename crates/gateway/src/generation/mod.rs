@@ -15,6 +15,7 @@
 //! - `follow`: a reader that ends `interrupted` when a stream's writer is gone for good.
 //! - `relay`: copies an answer into its session channel (and resumes after takeover).
 
+mod calls;
 mod follow;
 mod lease;
 mod relay;
@@ -132,6 +133,8 @@ struct SoFar {
     finish: Option<String>,
     /// An error record, when the answer failed but its stream was not ended.
     error: bool,
+    /// The target and model of the last upstream request that served.
+    serving: Option<(String, String)>,
 }
 
 impl SoFar {
@@ -142,6 +145,9 @@ impl SoFar {
                 self.pieces = self.pieces.saturating_add(1);
             }
             Record::Usage { .. } => {}
+            Record::Upstream { target, model } => {
+                self.serving = Some((target.clone(), model.clone()));
+            }
             Record::Finish { reason } => self.finish = Some(reason.clone()),
             Record::Error { .. } => self.error = true,
             _ => self.other = true,

@@ -175,6 +175,7 @@ impl Relay {
             Record::Usage {
                 prompt_tokens,
                 completion_tokens,
+                ..
             } => {
                 tally.usage = json!({
                     "prompt_tokens": prompt_tokens,

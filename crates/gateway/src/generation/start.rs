@@ -47,8 +47,9 @@ pub struct Start {
 /// A started generation's stream.
 #[derive(Debug)]
 pub enum Begun {
-    /// A new stream, whose first delta is written (or `commit_after` passed).
-    New(StreamMeta),
+    /// A new stream, whose first delta is written (or `commit_after` passed), and the
+    /// name of the target serving it (none yet when `commit_after` passed).
+    New(StreamMeta, Option<String>),
     /// The idempotency key had started this stream before: the request attaches to it.
     Existing(StreamMeta),
 }
@@ -107,6 +108,8 @@ pub async fn start(state: &AppState, start: Start) -> Result<Begun, GenerationEr
             model,
             request,
             log: Arc::clone(&state.log),
+            ledger: Arc::clone(&state.ledger),
+            tasks: state.tasks.clone(),
             creation,
             live,
             reader_grace: state.server.reader_grace(),
@@ -142,7 +145,7 @@ pub async fn start(state: &AppState, start: Start) -> Result<Begun, GenerationEr
         // this request's own (its creation is one commit, long done unless the log is
         // failing).
         None => match state.log.status(id).await {
-            Ok(meta) if !meta.state.is_terminal() => return Ok(Begun::New(meta)),
+            Ok(meta) if !meta.state.is_terminal() => return Ok(Begun::New(meta, None)),
             _ => started_rx.await,
         },
     };

@@ -23,10 +23,11 @@ use streamlog::{
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::calls::Calls;
 use super::lease::Renewal;
 use super::{Begun, GenerationError, LogHealth};
 use crate::live::Live;
-use crate::router::{Model, StartError, Started};
+use crate::router::{Model, StartError, Started, backoff};
 use crate::signal::Signal;
 
 /// Deltas appended in one batch at most.
@@ -44,6 +45,10 @@ pub struct Generation {
     pub request: ChatRequest,
     /// The log.
     pub log: Arc<dyn StreamLog>,
+    /// Where the answer's cost is recorded once it ended.
+    pub ledger: Arc<crate::usage::Ledger>,
+    /// Where the recording runs (the gateway's tasks, waited for at shutdown).
+    pub tasks: tokio_util::task::TaskTracker,
     /// The stream's creation with this writer's lease, already under way: it commits
     /// while the upstream is asked, and is awaited only when the first record is written
     /// (or the generation ends first), so its commit is off the path to the first token.
@@ -74,6 +79,8 @@ pub struct Resume {
     pub pieces: u32,
     /// Whether this is a takeover (then a missing continuation fails `interrupted`).
     pub takeover: bool,
+    /// The target and model of the request that was serving when its writer stopped.
+    pub serving: Option<(String, String)>,
 }
 
 /// The stream being created with the writer's lease (see
@@ -127,8 +134,15 @@ impl Generation {
             refused: None,
             appends: metrics::counter!("unbroken_appends_total"),
             in_flight: None,
+            marker: None,
             health: Arc::clone(&self.health),
         };
+        let mut calls = Calls::new(&self.request);
+        if let Some((target, model)) = resume.serving {
+            calls.lost(target, model, writer.pieces);
+        }
+        // Targets that broke mid-answer and were given their one chance to continue it.
+        let mut continued_on: Vec<usize> = Vec::new();
         let mut renewal = Renewal::new(self.lease_ttl);
         let mut grace =
             tokio::time::interval((self.reader_grace / 4).max(Duration::from_millis(5)));
@@ -150,22 +164,28 @@ impl Generation {
                     .max_tokens
                     .map(|max| max.saturating_sub(writer.pieces).max(1));
             }
-            let start = self.model.start(&request, next_target, prefill_only);
-            let mut start = std::pin::pin!(start);
-            let begun = loop {
-                tokio::select! {
-                    begun = &mut start => break begun,
-                    () = &mut cancelled => break 'answer Stop::Cancelled,
-                    () = &mut hard_stop => break 'answer Stop::Abandoned,
-                    // The stream's creation commits while the upstream is asked (a log
-                    // that works only while polled, as Redis's, needs this poll).
-                    created = writer.token(), if writer.is_creating() => {
-                        if let Err(error) = created {
-                            break 'answer Stop::Lost(error);
+            let mut failed = Vec::new();
+            let begun = {
+                let start = self
+                    .model
+                    .start(&request, next_target, prefill_only, &mut failed);
+                let mut start = std::pin::pin!(start);
+                loop {
+                    tokio::select! {
+                        begun = &mut start => break begun,
+                        () = &mut cancelled => break 'answer Stop::Cancelled,
+                        () = &mut hard_stop => break 'answer Stop::Abandoned,
+                        // The stream's creation commits while the upstream is asked (a log
+                        // that works only while polled, as Redis's, needs this poll).
+                        created = writer.token(), if writer.is_creating() => {
+                            if let Err(error) = created {
+                                break 'answer Stop::Lost(error);
+                            }
                         }
                     }
                 }
             };
+            calls.failed(&self.model, failed);
             let Started {
                 mut deltas,
                 permit,
@@ -190,6 +210,9 @@ impl Generation {
                 }
             };
             let _permit = permit; // held until this target's answer ends
+            let serving = &self.model.targets[target];
+            writer.marker = Some(calls.begin(serving));
+            let _ = self.live.serving.set(serving.name.clone());
             loop {
                 tokio::select! {
                     biased;
@@ -217,6 +240,9 @@ impl Generation {
                     }
                     item = deltas.next() => {
                         let Batch { deltas: batch, mut failure, ended } = Batch::collect(item, &mut deltas);
+                        for delta in &batch {
+                            calls.delta(delta);
+                        }
                         // The first append is awaited (the request waits for it); later
                         // ones are acknowledged while the next token is awaited.
                         match writer.append(batch, started.is_some()).await {
@@ -234,7 +260,8 @@ impl Generation {
                                 break 'answer Stop::Lost(error);
                             }
                             if let (Some(meta), Some(tx)) = (writer.meta.take(), started.take()) {
-                                let _ = tx.send(Ok(Begun::New(meta)));
+                                let serving = self.live.serving.get().cloned();
+                                let _ = tx.send(Ok(Begun::New(meta, serving)));
                             }
                         }
                         if ended || failure.is_some() {
@@ -248,6 +275,7 @@ impl Generation {
                             failure = Some(ProviderError::Interrupted("ended without a finish reason".into()));
                         }
                         if let Some(error) = failure {
+                            calls.end("cut");
                             if writer.tool_called {
                                 tracing::warn!(%error, target, "upstream failed after a tool call began; not continuing");
                                 break 'answer Stop::Interrupted(format!(
@@ -255,8 +283,22 @@ impl Generation {
                                      a tool call is not continued"
                                 ));
                             }
-                            tracing::warn!(%error, target, "upstream failed mid-answer; continuing elsewhere");
+                            // The target that broke continues first when it can (once,
+                            // after a backoff); otherwise the next one that can.
                             next_target = target + 1;
+                            if self.model.targets[target].provider.supports_prefill()
+                                && !continued_on.contains(&target)
+                            {
+                                continued_on.push(target);
+                                next_target = target;
+                                let wait = backoff(self.model.targets[target].limits.retry_base, 1, None);
+                                tokio::select! {
+                                    () = tokio::time::sleep(wait) => {}
+                                    () = &mut cancelled => break 'answer Stop::Cancelled,
+                                    () = &mut hard_stop => break 'answer Stop::Abandoned,
+                                }
+                            }
+                            tracing::warn!(%error, target, next_target, "upstream failed mid-answer; continuing");
                             prefill_only = true;
                             interrupted = Some(error);
                             continue 'answer;
@@ -265,20 +307,35 @@ impl Generation {
                 }
             }
         };
+        let status = match &outcome {
+            Stop::Cancelled => "cancelled",
+            Stop::Interrupted(_) => "cut",
+            _ => "ok",
+        };
+        calls.end(status);
+        // A stream left open is accounted by whoever ends it (a takeover).
+        let usage = match outcome {
+            Stop::Abandoned | Stop::Lost(_) => None,
+            _ => (!calls.is_empty()).then(|| calls.usage(&self.model.name)),
+        };
+        let last = |record: Record| usage.clone().into_iter().chain([record]).collect();
+        if let Some(Record::Usage { requests, .. }) = &usage {
+            self.account(requests.clone());
+        }
         let outcome = match outcome {
             Stop::Finished(reason) => {
                 writer
-                    .end(StreamState::Finished, Some(Record::Finish { reason }))
+                    .end(StreamState::Finished, last(Record::Finish { reason }))
                     .await
             }
             Stop::Cancelled => {
                 writer
-                    .end(StreamState::Cancelled, Some(cancellation()))
+                    .end(StreamState::Cancelled, last(cancellation()))
                     .await
             }
             Stop::Interrupted(message) => {
                 let outcome = writer
-                    .end(StreamState::Failed, Some(super::interruption(message)))
+                    .end(StreamState::Failed, last(super::interruption(message)))
                     .await;
                 self.fail_start(&mut started, GenerationError::Stopped)
                     .await;
@@ -301,7 +358,7 @@ impl Generation {
                         GenerationError::Upstream(error),
                     ),
                 };
-                let outcome = writer.end(StreamState::Failed, Some(record)).await;
+                let outcome = writer.end(StreamState::Failed, last(record)).await;
                 self.fail_start(&mut started, error).await;
                 outcome
             }
@@ -328,6 +385,23 @@ impl Generation {
         self.fail_start(&mut started, GenerationError::Stopped)
             .await;
         outcome
+    }
+
+    /// Record the answer's upstream requests in the usage ledger, in the background.
+    fn account(&self, requests: Vec<streamlog::UpstreamRequest>) {
+        let entry = crate::usage::Entry {
+            at_ms: crate::usage::now_ms(),
+            principal: self.principal.clone(),
+            model: self.model.name.clone(),
+            stream: self.id.to_string(),
+            requests,
+        };
+        let ledger = Arc::clone(&self.ledger);
+        self.tasks.spawn(async move {
+            if let Err(error) = ledger.record(&entry).await {
+                tracing::warn!(%error, stream = %entry.stream, "could not record the answer's usage");
+            }
+        });
     }
 
     /// Tell a request still waiting for the first token why there is none; its key is
@@ -503,6 +577,9 @@ struct Writer {
     appends: metrics::Counter,
     /// The last append, sent and not yet known to be acknowledged.
     in_flight: Option<Appending>,
+    /// The record saying which upstream request serves from here, written before its
+    /// first delta.
+    marker: Option<Record>,
     text: String,
     /// Text deltas appended (≈ tokens generated).
     pieces: u32,
@@ -549,7 +626,8 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut records = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len() + 1);
+        records.extend(self.marker.take());
         for delta in batch {
             records.push(match delta {
                 Delta::Text(text) => {
@@ -571,14 +649,8 @@ impl Writer {
                         arguments,
                     }
                 }
-                Delta::Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    ..
-                } => Record::Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                },
+                // Counted by the supervisor's `Calls`, written once at the end.
+                Delta::Usage { .. } => continue,
                 Delta::Finish { reason } => {
                     // Held back and written last, after a usage that follows it upstream,
                     // so a finish record is always a stream's last.
@@ -625,14 +697,14 @@ impl Writer {
         }
     }
 
-    /// End the stream in `state` with `record` last. A stream the log would not end
+    /// End the stream in `state` with `records` last. A stream the log would not end
     /// stays open for a takeover ([`Outcome::Abandoned`]).
-    async fn end(&mut self, state: StreamState, record: Option<Record>) -> Outcome {
+    async fn end(&mut self, state: StreamState, records: Vec<Record>) -> Outcome {
         let ended = async {
             self.settle().await?;
             let token = self.token().await?;
-            if let Some(record) = record {
-                self.log.append(self.id, token, vec![record]).await?;
+            if !records.is_empty() {
+                self.log.append(self.id, token, records).await?;
             }
             self.log.finish(self.id, token, state).await
         };

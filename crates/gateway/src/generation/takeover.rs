@@ -189,6 +189,8 @@ async fn take_over_chat(state: AppState, id: StreamId, lease: Lease, live: Arc<c
         model,
         request,
         log: Arc::clone(&state.log),
+        ledger: Arc::clone(&state.ledger),
+        tasks: state.tasks.clone(),
         creation: Box::pin(std::future::ready(Ok::<(StreamMeta, Lease), LogError>((
             meta, lease,
         )))),
@@ -202,6 +204,7 @@ async fn take_over_chat(state: AppState, id: StreamId, lease: Lease, live: Arc<c
             text: so_far.text,
             pieces: so_far.pieces,
             takeover: true,
+            serving: so_far.serving,
         },
     };
     let (started, _) = oneshot::channel();

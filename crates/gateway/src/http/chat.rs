@@ -67,11 +67,19 @@ pub async fn create(
         idempotency_key,
         commit_after: call.stream.then(|| state.server.heartbeat_interval()),
     };
-    let meta = match generation::start(&state, start).await? {
-        Begun::New(meta) | Begun::Existing(meta) => meta,
+    let (meta, serving) = match generation::start(&state, start).await? {
+        Begun::New(meta, serving) => (meta, serving),
+        Begun::Existing(meta) => (meta, None),
     };
-    answer(&state, meta, &call).await
+    let mut response = answer(&state, meta, &call).await?;
+    if let Some(value) = serving.and_then(|name| HeaderValue::from_str(&name).ok()) {
+        response.headers_mut().insert(TARGET_HEADER, value);
+    }
+    Ok(response)
 }
+
+/// The response header naming the target that serves an answer.
+pub const TARGET_HEADER: &str = "unbroken-target";
 
 /// Answer as a reader of `meta`'s stream from its start.
 async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<Response, ApiError> {
@@ -109,6 +117,7 @@ async fn assemble(
     model: &str,
     mut records: streamlog::RecordStream,
 ) -> Result<Value, ApiError> {
+    let mut model = model.to_owned();
     let mut content = String::new();
     let mut tool_calls: Vec<Value> = Vec::new();
     let mut usage = None;
@@ -142,9 +151,11 @@ async fn assemble(
                     .to_owned();
                 call["function"]["arguments"] = Value::String(so_far + &arguments);
             }
+            Record::Upstream { model: serving, .. } => model = serving,
             Record::Usage {
                 prompt_tokens,
                 completion_tokens,
+                ..
             } => {
                 usage = Some(serde_json::json!({
                     "prompt_tokens": prompt_tokens,

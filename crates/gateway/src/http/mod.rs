@@ -10,6 +10,7 @@ pub mod ops;
 pub mod render;
 pub mod sessions;
 pub mod streams;
+pub mod usage;
 pub mod web;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub fn routes(state: AppState) -> Router {
     let router = Router::new()
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/models", get(ops::models))
+        .route("/v1/usage", get(usage::usage))
         .route("/v1/streams/{id}", get(streams::resume))
         .route("/v1/streams/{id}/cancel", post(streams::cancel))
         .route("/v1/streams/{id}/status", get(streams::status))
@@ -148,6 +150,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             ])
             .expose_headers([
                 HeaderName::from_static(body::STREAM_ID_HEADER),
+                HeaderName::from_static(chat::TARGET_HEADER),
                 header::RETRY_AFTER,
             ]),
     )

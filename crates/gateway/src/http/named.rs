@@ -11,10 +11,7 @@
 //! is gone (a `reset` event) and reads the new stream from its start, instead of silently
 //! skipping that many of its events.
 
-use bytes::Bytes;
-use streamlog::{
-    IdempotencyEntry, IdempotencyOutcome, LogError, NewStream, StreamId, StreamKind, StreamMeta,
-};
+use streamlog::{StreamId, StreamKind, StreamMeta};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -91,38 +88,5 @@ pub async fn stream(
     kind: StreamKind,
     owner: &str,
 ) -> Result<StreamMeta, ApiError> {
-    let entry = IdempotencyEntry {
-        stream: StreamId::new(),
-        request_hash: Vec::new(),
-    };
-    let id = match state
-        .log
-        .insert_idempotency_key(namespace, name.to_owned(), entry.clone())
-        .await?
-    {
-        IdempotencyOutcome::Inserted => entry.stream,
-        IdempotencyOutcome::Existing(existing) => existing.stream,
-    };
-    match state.log.status(id).await {
-        Ok(meta) => Ok(meta),
-        // Named a moment ago by someone who has not created it yet: create it ourselves;
-        // whoever comes second finds it existing.
-        Err(LogError::NotFound(_)) => {
-            let created = state
-                .log
-                .create(NewStream {
-                    id,
-                    owner: owner.to_owned(),
-                    kind,
-                    request: Bytes::new(),
-                })
-                .await;
-            match created {
-                Ok(meta) => Ok(meta),
-                Err(LogError::AlreadyExists(_)) => Ok(state.log.status(id).await?),
-                Err(error) => Err(error.into()),
-            }
-        }
-        Err(error) => Err(error.into()),
-    }
+    Ok(crate::writers::named_stream(state.log.as_ref(), namespace, name, kind, owner).await?)
 }

@@ -121,7 +121,7 @@ pub fn register_metrics(models: &Models) {
     );
     describe_counter!(
         "unbroken_upstream_requests_total",
-        "upstream requests by model, provider and outcome"
+        "upstream requests by model, target, provider and outcome"
     );
     describe_histogram!(
         "unbroken_upstream_ttft_seconds",
@@ -135,6 +135,14 @@ pub fn register_metrics(models: &Models) {
     describe_gauge!(
         "unbroken_circuit_open",
         "1 while a target's circuit breaker skips it"
+    );
+    describe_counter!(
+        "unbroken_tokens_total",
+        "tokens paid upstream by model, target and kind (prompt or completion)"
+    );
+    describe_gauge!(
+        "unbroken_cost_usd_total",
+        "USD paid upstream by model and target (only rises), from the targets' prices"
     );
     describe_counter!(
         "unbroken_takeovers_total",
@@ -155,19 +163,16 @@ pub fn register_metrics(models: &Models) {
         let Some(model) = models.get(name) else {
             continue;
         };
-        for index in 0..model.targets.len() {
-            metrics::gauge!(
-                "unbroken_queue_depth",
-                "model" => name.clone(),
-                "target" => index.to_string()
-            )
-            .increment(0.0);
-            metrics::gauge!(
-                "unbroken_circuit_open",
-                "model" => name.clone(),
-                "target" => index.to_string()
-            )
-            .increment(0.0);
+        for target in &model.targets {
+            let labels = [("model", name.clone()), ("target", target.name.clone())];
+            metrics::gauge!("unbroken_queue_depth", &labels).increment(0.0);
+            metrics::gauge!("unbroken_circuit_open", &labels).increment(0.0);
+            for kind in ["prompt", "completion"] {
+                let mut labels = labels.to_vec();
+                labels.push(("kind", kind.to_owned()));
+                metrics::counter!("unbroken_tokens_total", &labels).increment(0);
+            }
+            metrics::gauge!("unbroken_cost_usd_total", &labels).increment(0.0);
         }
     }
 }
@@ -234,8 +239,10 @@ mod tests {
             "unbroken_appends_total 0",
             "unbroken_resumes_total 0",
             "unbroken_idempotent_replays_total 0",
-            "unbroken_queue_depth{model=\"sim\",target=\"0\"} 0",
-            "unbroken_queue_depth{model=\"sim\",target=\"1\"} 0",
+            "unbroken_queue_depth{model=\"sim\",target=\"simulator:sim#1\"} 0",
+            "unbroken_queue_depth{model=\"sim\",target=\"simulator:sim#2\"} 0",
+            "unbroken_tokens_total{model=\"sim\",target=\"simulator:sim#2\",kind=\"completion\"} 0",
+            "unbroken_cost_usd_total{model=\"sim\",target=\"simulator:sim#1\"} 0",
             "# HELP unbroken_appends_total records appended to the stream log",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");

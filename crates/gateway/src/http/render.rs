@@ -25,6 +25,12 @@ pub trait Render: Send + 'static {
 pub struct OpenAiChunks {
     /// `{"id":"chatcmpl-…","object":"chat.completion.chunk","created":…,"model":"…","choices":[`
     head: Vec<u8>,
+    /// Where the model name starts in `head` (it changes when another upstream request
+    /// serves the answer).
+    model_at: usize,
+    /// Whether the next content chunk carries `"role":"assistant"` (the answer's first,
+    /// for a reader from the start).
+    role_pending: bool,
     /// Whether the stream ended normally (its last record was the finish).
     finished: bool,
     /// The seq `[DONE]` carries: one past the last record.
@@ -55,14 +61,31 @@ impl OpenAiChunks {
         head.extend_from_slice(b"\",\"object\":\"chat.completion.chunk\",\"created\":");
         head.extend_from_slice(created.to_string().as_bytes());
         head.extend_from_slice(b",\"model\":");
-        write_json(&mut head, &model);
-        head.extend_from_slice(b",\"choices\":[");
-        Self {
+        let model_at = head.len();
+        let mut chunks = Self {
             head,
+            model_at,
+            role_pending: last_seq == 0,
             finished: finished_before,
             last_seq,
             include_usage,
             usage: None,
+        };
+        chunks.set_model(model);
+        chunks
+    }
+
+    /// Name `model` in the chunks from now on.
+    pub fn set_model(&mut self, model: &str) {
+        self.head.truncate(self.model_at);
+        write_json(&mut self.head, &model);
+        self.head.extend_from_slice(b",\"choices\":[");
+    }
+
+    /// `"role":"assistant",` once, before the answer's first content.
+    fn role(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.role_pending) {
+            out.extend_from_slice(b"\"role\":\"assistant\",");
         }
     }
 
@@ -98,9 +121,7 @@ impl Render for OpenAiChunks {
                 self.open(seq, out);
                 out.extend_from_slice(&self.head);
                 out.extend_from_slice(b"{\"index\":0,\"delta\":{");
-                if seq == 1 {
-                    out.extend_from_slice(b"\"role\":\"assistant\",");
-                }
+                self.role(out);
                 out.extend_from_slice(b"\"content\":");
                 write_json(out, text);
                 out.extend_from_slice(b"},\"finish_reason\":null}]}\n\n");
@@ -114,9 +135,7 @@ impl Render for OpenAiChunks {
                 self.open(seq, out);
                 out.extend_from_slice(&self.head);
                 out.extend_from_slice(b"{\"index\":0,\"delta\":{");
-                if seq == 1 {
-                    out.extend_from_slice(b"\"role\":\"assistant\",");
-                }
+                self.role(out);
                 out.extend_from_slice(b"\"tool_calls\":[");
                 write_json(
                     out,
@@ -132,9 +151,11 @@ impl Render for OpenAiChunks {
                 );
                 out.extend_from_slice(b"]},\"finish_reason\":null}]}\n\n");
             }
+            Record::Upstream { model, .. } => self.set_model(model),
             Record::Usage {
                 prompt_tokens,
                 completion_tokens,
+                ..
             } if self.include_usage => {
                 self.usage = Some((*prompt_tokens, *completion_tokens));
             }
@@ -267,6 +288,7 @@ mod tests {
             &Record::Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,
+                requests: Vec::new(),
             },
             &mut out,
         );
@@ -310,6 +332,7 @@ mod tests {
             Record::Usage {
                 prompt_tokens: 3,
                 completion_tokens: 1,
+                requests: Vec::new(),
             },
             Record::Finish {
                 reason: "stop".into(),

@@ -230,7 +230,7 @@ pub async fn message(
             commit_after: None,
         };
         match generation::start(&state, start).await? {
-            Begun::New(answer) | Begun::Existing(answer) => Ok::<_, ApiError>(answer.id),
+            Begun::New(answer, _) | Begun::Existing(answer) => Ok::<_, ApiError>(answer.id),
         }
     };
     let answer = match started.await {

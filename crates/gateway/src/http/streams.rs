@@ -11,7 +11,6 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use streamlog::{Record, StreamId, StreamKind, StreamMeta, StreamState};
@@ -212,25 +211,45 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let meta = owned(&state, &principal, &id).await?;
     let mut usage = Value::Null;
-    if meta.state.is_terminal() {
-        let mut records = state.log.read(meta.id, 0).await?;
-        while let Some(item) = records.next().await {
-            if let Ok((
-                _,
+    let mut requests: Vec<Value> = Vec::new();
+    let mut cost: Option<f64> = None;
+    if meta.kind == streamlog::StreamKind::Chat {
+        let records = generation::records_until(&*state.log, meta.id, meta.last_seq).await?;
+        for record in records {
+            match record {
+                // Until the answer ends, the requests serving it so far.
+                Record::Upstream { target, model } => requests.push(
+                    serde_json::json!({ "target": target, "model": model, "status": "open" }),
+                ),
                 Record::Usage {
                     prompt_tokens,
                     completion_tokens,
-                },
-            )) = item
-            {
-                usage = serde_json::json!({
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                });
+                    requests: made,
+                } => {
+                    usage = serde_json::json!({
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens.saturating_add(completion_tokens),
+                    });
+                    cost = made.iter().filter_map(|r| r.cost_usd).reduce(|a, b| a + b);
+                    requests = made
+                        .iter()
+                        .map(|r| serde_json::to_value(r).unwrap_or_default())
+                        .collect();
+                }
+                _ => {}
             }
         }
     }
+    if let Some(cost) = cost {
+        usage["cost_usd"] = serde_json::json!(cost);
+    }
+    let target = requests
+        .iter()
+        .rev()
+        .find(|r| r["status"] == "open" || r["status"] == "ok")
+        .map(|r| r["target"].clone())
+        .unwrap_or_default();
     Ok(axum::Json(serde_json::json!({
         "id": meta.id.to_string(),
         "kind": meta.kind,
@@ -239,7 +258,9 @@ pub async fn status(
         "model": model_of(&meta),
         "created_ms": meta.created_ms,
         "updated_ms": meta.updated_ms,
+        "target": target,
         "usage": usage,
+        "upstream_requests": requests,
     }))
     .into_response())
 }

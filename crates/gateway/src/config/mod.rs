@@ -12,6 +12,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod targets;
+
+pub use targets::{
+    AnthropicTarget, GeminiTarget, LocalTarget, ModelConfig, OpenaiTarget, Price, ProviderConfig,
+    ProviderKind, SHARED_KEYS, SimulatorTarget, TargetConfig, TargetLimits,
+};
+
 /// Why the configuration was refused. The message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,7 +43,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -187,18 +194,6 @@ pub struct StoreConfig {
     pub tls_ca_file: Option<PathBuf>,
 }
 
-impl TargetConfig {
-    /// How the target continues a partial answer (`continuation`, or the deprecated
-    /// `supports_prefill = true` as `assistant_message`).
-    pub fn continuation(&self) -> providers::Continuation {
-        match (self.continuation, self.supports_prefill) {
-            (Some(mode), _) => mode,
-            (None, Some(true)) => providers::Continuation::AssistantMessage,
-            (None, _) => providers::Continuation::None,
-        }
-    }
-}
-
 impl StoreConfig {
     /// `lease_ttl_ms` as a duration.
     pub fn lease_ttl(&self) -> Duration {
@@ -228,6 +223,8 @@ pub struct AuthConfig {
     pub keys: Vec<ApiKeyConfig>,
     /// A file with one `principal sha256hex` pair per line (`#` comments allowed).
     pub keys_file: Option<PathBuf>,
+    /// Principals who may see everyone's usage (`GET /v1/usage?principal=all`).
+    pub admins: Vec<String>,
 }
 
 /// One API key.
@@ -238,139 +235,6 @@ pub struct ApiKeyConfig {
     pub principal: String,
     /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
     pub sha256: String,
-}
-
-/// `[[models]]`: a model name clients use, and where it is served from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// The name in requests and in `/v1/models`.
-    pub name: String,
-    /// Targets in order of preference: later ones are fallbacks.
-    pub targets: Vec<TargetConfig>,
-}
-
-/// Which adapter a target uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// Any Chat Completions-compatible server.
-    Openai,
-    /// Synthetic answers for load and fault tests.
-    Simulator,
-    /// A small GGUF model run in-process on the CPU (built by the binary, see
-    /// [`crate::AppState::with_local`]).
-    Local,
-}
-
-/// One upstream target of a model. Provider-specific keys are checked against
-/// `provider` at start-up.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    /// The adapter.
-    pub provider: ProviderKind,
-
-    // --- limits and resilience, every provider ---
-    /// Requests in flight at once; more wait in a FIFO queue. Default 64, and one per
-    /// core for `local`.
-    pub max_concurrency: Option<usize>,
-    /// How long a request may wait in the queue (then 429). Default 10 s: shorter than the
-    /// default heartbeat interval, so a streaming client still gets a real 429 rather than
-    /// an error event after its headers went out.
-    #[serde(default = "defaults::queue_timeout_ms")]
-    pub queue_timeout_ms: u64,
-    /// Time allowed to open the connection (TCP and TLS). Default 10 s.
-    #[serde(default = "defaults::connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Time allowed from the request to the first token. Default 60 s.
-    #[serde(default = "defaults::first_token_timeout_ms")]
-    pub first_token_timeout_ms: u64,
-    /// Time allowed between two tokens. Default 60 s.
-    #[serde(default = "defaults::between_token_timeout_ms")]
-    pub between_token_timeout_ms: u64,
-    /// Retries of a retryable failure before the first token. Default 2.
-    #[serde(default = "defaults::max_retries")]
-    pub max_retries: u32,
-    /// Backoff base for those retries. Default 200 ms (full jitter, factor 2, max 5 s).
-    #[serde(default = "defaults::retry_base_ms")]
-    pub retry_base_ms: u64,
-    /// Consecutive failed starts that open the target's circuit breaker (0: never).
-    /// Default 5.
-    #[serde(default = "defaults::breaker_failures")]
-    pub breaker_failures: u32,
-    /// How long an open breaker skips the target before one probe request. Default 30 s.
-    #[serde(default = "defaults::breaker_cooldown_ms")]
-    pub breaker_cooldown_ms: u64,
-
-    // --- openai ---
-    /// Upstream base URL, e.g. `https://api.openai.com/v1`.
-    pub base_url: Option<String>,
-    /// The environment variable holding the upstream API key.
-    pub api_key_env: Option<String>,
-    /// The upstream's model name (default: the gateway's model name).
-    pub model: Option<String>,
-    /// Extra headers sent upstream.
-    #[serde(default)]
-    pub extra_headers: std::collections::BTreeMap<String, String>,
-    /// How the upstream continues a partial answer: `none` (default),
-    /// `assistant_message`, `prefix_flag` or `continue_final_message`.
-    pub continuation: Option<providers::Continuation>,
-    /// Deprecated: `true` is `continuation = "assistant_message"`.
-    pub supports_prefill: Option<bool>,
-
-    // --- local ---
-    /// The GGUF file (default: the cached SmolLM2-135M-Instruct).
-    pub path: Option<PathBuf>,
-    /// Decoding threads per generation (default: all cores).
-    pub threads: Option<usize>,
-
-    // --- simulator ---
-    /// Tokens per answer.
-    pub tokens: Option<u32>,
-    /// Delay before the first token.
-    pub ttft_ms: Option<u64>,
-    /// Delay between tokens.
-    pub interval_ms: Option<u64>,
-    /// Seed of the synthetic text.
-    pub seed: Option<u64>,
-    /// Break the stream after this many tokens.
-    pub fail_after: Option<u32>,
-    /// Answer with this HTTP status instead …
-    pub error_status: Option<u16>,
-    /// … with this probability (default 1) …
-    pub error_probability: Option<f64>,
-    /// … for only the first N requests.
-    pub error_times: Option<u32>,
-    /// `Retry-After` seconds on those errors.
-    pub retry_after_s: Option<u64>,
-}
-
-mod defaults {
-    pub fn queue_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn connect_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn first_token_timeout_ms() -> u64 {
-        60_000
-    }
-    pub fn between_token_timeout_ms() -> u64 {
-        60_000
-    }
-    pub fn max_retries() -> u32 {
-        2
-    }
-    pub fn breaker_failures() -> u32 {
-        5
-    }
-    pub fn breaker_cooldown_ms() -> u64 {
-        30_000
-    }
-    pub fn retry_base_ms() -> u64 {
-        200
-    }
 }
 
 impl Config {
@@ -476,23 +340,12 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (m, model) in self.models.iter().enumerate() {
             let key = format!("models[{m}]");
-            if model.name.is_empty() {
-                return Err(invalid(format!("{key}.name"), "must not be empty"));
-            }
+            model.validate(&key)?;
             if !names.insert(model.name.as_str()) {
                 return Err(invalid(
                     format!("{key}.name"),
                     format!("model {:?} is configured twice", model.name),
                 ));
-            }
-            if model.targets.is_empty() {
-                return Err(invalid(
-                    format!("{key}.targets"),
-                    "needs at least one target",
-                ));
-            }
-            for (t, target) in model.targets.iter().enumerate() {
-                target.validate(&format!("{key}.targets[{t}]"))?;
             }
         }
         for (k, api_key) in self.auth.keys.iter().enumerate() {
@@ -507,89 +360,6 @@ impl Config {
                     format!("auth.keys[{k}].sha256"),
                     "must be 64 hex digits (the SHA-256 of the key)",
                 ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl TargetConfig {
-    fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if self.continuation.is_some() && self.supports_prefill.is_some() {
-            return Err(invalid(
-                format!("{key}.supports_prefill"),
-                "is replaced by continuation; set only continuation",
-            ));
-        }
-        if self.max_concurrency == Some(0) {
-            return Err(invalid(
-                format!("{key}.max_concurrency"),
-                "must be more than 0",
-            ));
-        }
-        let openai_only = [
-            ("base_url", self.base_url.is_some()),
-            ("api_key_env", self.api_key_env.is_some()),
-            ("extra_headers", !self.extra_headers.is_empty()),
-            ("supports_prefill", self.supports_prefill.is_some()),
-            ("continuation", self.continuation.is_some()),
-        ];
-        let simulator_only = [
-            ("tokens", self.tokens.is_some()),
-            ("ttft_ms", self.ttft_ms.is_some()),
-            ("interval_ms", self.interval_ms.is_some()),
-            ("seed", self.seed.is_some()),
-            ("fail_after", self.fail_after.is_some()),
-            ("error_status", self.error_status.is_some()),
-            ("error_probability", self.error_probability.is_some()),
-            ("error_times", self.error_times.is_some()),
-            ("retry_after_s", self.retry_after_s.is_some()),
-        ];
-        let local_only = [
-            ("path", self.path.is_some()),
-            ("threads", self.threads.is_some()),
-        ];
-        let (provider, own): (&str, &[(&str, bool)]) = match self.provider {
-            ProviderKind::Openai => ("openai", &openai_only),
-            ProviderKind::Simulator => ("simulator", &simulator_only),
-            ProviderKind::Local => ("local", &local_only),
-        };
-        let foreign = [&openai_only[..], &simulator_only[..], &local_only[..]]
-            .into_iter()
-            .flatten()
-            .filter(|(name, _)| !own.iter().any(|(mine, _)| mine == name));
-        if let Some((name, _)) = foreign.into_iter().find(|(_, set)| *set) {
-            return Err(invalid(
-                format!("{key}.{name}"),
-                format!("does not apply to provider = \"{provider}\""),
-            ));
-        }
-        match self.provider {
-            ProviderKind::Openai => {
-                let Some(base_url) = &self.base_url else {
-                    return Err(invalid(format!("{key}.base_url"), "is required for openai"));
-                };
-                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                    return Err(invalid(
-                        format!("{key}.base_url"),
-                        "must start with http:// or https://",
-                    ));
-                }
-            }
-            ProviderKind::Local => {
-                if self.threads == Some(0) {
-                    return Err(invalid(format!("{key}.threads"), "must be more than 0"));
-                }
-            }
-            ProviderKind::Simulator => {
-                if let Some(p) = self.error_probability
-                    && !(0.0..=1.0).contains(&p)
-                {
-                    return Err(invalid(
-                        format!("{key}.error_probability"),
-                        "must be between 0 and 1",
-                    ));
-                }
             }
         }
         Ok(())
@@ -681,7 +451,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.models.len(), 2);
-        assert_eq!(config.models[1].targets[0].max_concurrency, Some(10));
+        assert_eq!(config.models[1].targets[0].limits.max_concurrency, Some(10));
         assert_eq!(config.store.kind, StoreKind::Sqlite);
     }
 
@@ -753,27 +523,78 @@ mod tests {
     }
 
     #[test]
-    fn provider_specific_keys_are_checked() {
-        let error = load(
-            "[[models]]\nname = \"m\"\ntargets = [{ provider = \"openai\", base_url = \"http://x\", tokens = 3 }]\n",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert_eq!(
-            error,
-            "models[0].targets[0].tokens: does not apply to provider = \"openai\""
-        );
-        let error = load(
-            "[[models]]\nname = \"m\"\ntargets = [{ provider = \"openai\" }]\n",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+    fn each_provider_has_exactly_its_own_keys() {
+        let target = |keys: &str| {
+            load(
+                &format!("[[models]]\nname = \"m\"\ntargets = [{{ {keys} }}]\n"),
+                &[],
+            )
+        };
+        let error = target("provider = \"openai\", base_url = \"http://x\", tokens = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `tokens`"), "{error}");
+        assert!(error.contains("models.targets"), "{error}");
+        let error = target("provider = \"openai\"").unwrap_err().to_string();
+        assert!(error.contains("missing field `base_url`"), "{error}");
+        let error = target("provider = \"gemini\", anthropic_version = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(
-            error.starts_with("models[0].targets[0].base_url"),
+            error.contains("unknown field `anthropic_version`"),
             "{error}"
         );
+        let error = target("provider = \"claude\"").unwrap_err().to_string();
+        assert!(error.contains("unknown variant `claude`"), "{error}");
+        // The shared keys go with every provider.
+        let config = target(
+            "provider = \"anthropic\", model = \"claude-sonnet-4-5\", max_retries = 1, \
+             name = \"claude\", price = { input_per_mtok = 3.0, output_per_mtok = 15.0 }",
+        )
+        .unwrap();
+        let claude = &config.models[0].targets[0];
+        assert_eq!(claude.kind(), ProviderKind::Anthropic);
+        assert_eq!(claude.limits.max_retries, 1);
+        assert_eq!(config.models[0].target_names(), ["claude"]);
+        let ProviderConfig::Anthropic(anthropic) = &claude.provider else {
+            panic!("not anthropic");
+        };
+        assert_eq!(anthropic.base_url, "https://api.anthropic.com");
+        assert_eq!(anthropic.max_tokens, 4096);
+        let error = target("provider = \"anthropic\", continuation = \"prefix_flag\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("models[0].targets[0].continuation"),
+            "{error}"
+        );
+        let error = target("provider = \"simulator\", retry_same_target_on = [\"often\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("models[0].targets[0].retry_same_target_on[0]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn target_names_default_to_provider_and_model_and_must_differ() {
+        let config = load(
+            "[[models]]\nname = \"m\"\ntargets = [\n  { provider = \"simulator\" },\n  { provider = \"simulator\" },\n  { provider = \"gemini\", model = \"gemini-2.5-flash\" },\n]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.models[0].target_names(),
+            ["simulator:m#1", "simulator:m#2", "gemini:gemini-2.5-flash"]
+        );
+        let error = load(
+            "[[models]]\nname = \"m\"\ntargets = [{ provider = \"simulator\", name = \"a\" }, { provider = \"simulator\", name = \"a\" }]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("models[0].targets[1].name"), "{error}");
     }
 
     #[test]
