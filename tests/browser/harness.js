@@ -138,10 +138,12 @@ export async function cuttableProxy(target) {
 /** `unbroken_upstream_requests_total{model,provider,status="ok"}` from /metrics. */
 export async function upstreamRequests(url, model = 'sim', provider = 'simulator') {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text
+  // Summed over the model's targets: a series per model, target, provider and status.
+  const wanted = [`model="${model}"`, `provider="${provider}"`, 'status="ok"'];
+  return text
     .split('\n')
-    .find((l) => l.startsWith(`unbroken_upstream_requests_total{model="${model}",provider="${provider}",status="ok"}`));
-  return line ? Number(line.trim().split(/\s+/).at(-1)) : 0;
+    .filter((l) => l.startsWith('unbroken_upstream_requests_total{') && wanted.every((w) => l.includes(w)))
+    .reduce((sum, l) => sum + Number(l.trim().split(/\s+/).at(-1)), 0);
 }
 
 /** The text the gateway's log holds for a stream (`?format=events`, text records joined). */

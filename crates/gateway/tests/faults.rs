@@ -340,6 +340,56 @@ async fn a_mid_answer_cut_is_continued_on_a_prefill_target_as_one_answer() {
 }
 
 #[tokio::test]
+async fn the_target_that_broke_continues_first_when_it_can_then_the_next() {
+    let config = SimulatorConfig {
+        tokens: 30,
+        seed: 4,
+        ..SimulatorConfig::default()
+    };
+    // Breaks every request after 5 tokens, and can continue a partial answer.
+    let flaky = Upstream::start(SimulatorConfig {
+        fail_after: Some(5),
+        ..config.clone()
+    })
+    .await;
+    let whole = Upstream::start(config).await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}, {}]\n",
+        openai_target(
+            &flaky,
+            ", continuation = \"assistant_message\", name = \"flaky\""
+        ),
+        openai_target(
+            &whole,
+            ", continuation = \"assistant_message\", name = \"whole\""
+        )
+    ))
+    .await;
+
+    let events = Events::new(gateway.chat(&chat_body("m", true)).await);
+    let id = events.stream_id();
+    let events = events.rest().await;
+
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert_eq!(text_of(&events).split_whitespace().count(), 30);
+    // The answer, the flaky target's one continuation of itself, then the other's.
+    assert_eq!((flaky.requests(), whole.requests()), (2, 1));
+    let status = gateway.status(&id).await;
+    let requests: Vec<(&str, &str)> = status["upstream_requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["target"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        requests,
+        [("flaky", "cut"), ("flaky", "cut"), ("whole", "ok")],
+        "{status}"
+    );
+    assert_eq!(status["usage"]["completion_tokens"], 30, "{status}");
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after_and_frees_its_slot() {
     let gateway = Gateway::start(
         "[[models]]\nname = \"m\"\ntargets = [{ provider = \"simulator\", tokens = 100000, interval_ms = 2, max_concurrency = 1, queue_timeout_ms = 20 }]\n",

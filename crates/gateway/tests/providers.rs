@@ -68,9 +68,24 @@ fn model_of(body: &Bytes) -> String {
     body["model"].as_str().unwrap_or_default().to_owned()
 }
 
+/// `overloaded-once`: the first request is refused 529 (Anthropic's "overloaded") with a
+/// `retry-after`, the next gets the text answer.
 async fn anthropic(State(counts): State<Arc<Counts>>, body: Bytes) -> Response {
-    counts.anthropic.fetch_add(1, Ordering::SeqCst);
-    match fixture("anthropic", &model_of(&body)) {
+    let earlier = counts.anthropic.fetch_add(1, Ordering::SeqCst);
+    let mut model = model_of(&body);
+    if model == "overloaded-once" {
+        if earlier == 0 {
+            let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+            return (
+                StatusCode::from_u16(529).unwrap(),
+                [("retry-after", "0")],
+                axum::Json(error),
+            )
+                .into_response();
+        }
+        model = "text".into();
+    }
+    match fixture("anthropic", &model) {
         Some(stream) => event_stream(stream),
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -420,4 +435,21 @@ async fn a_claude_tool_call_reaches_the_client_in_openai_shape() {
     let arguments: Value =
         serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(arguments["location"].is_string(), "{arguments}");
+}
+
+#[tokio::test]
+async fn an_overloaded_claude_is_retried_on_the_same_target() {
+    let fake = Fake::start().await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"claude\"\ntargets = [{{ provider = \"anthropic\", base_url = {:?}, model = \"overloaded-once\", retry_base_ms = 1 }}]\n",
+        fake.url
+    ))
+    .await;
+
+    let response = gateway.chat(&common::chat_body("claude", false)).await;
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(fake.counts.anthropic.load(Ordering::SeqCst), 2);
 }
