@@ -219,6 +219,21 @@ async fn a_claude_answer_reaches_the_client_as_chat_chunks_named_by_its_target()
         (&usage["prompt_tokens"], &usage["completion_tokens"]),
         (&json!(25), &json!(15))
     );
+
+    // A reader resuming mid-answer is told the same model.
+    let id = chunks[0]["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("chatcmpl-");
+    let resumed = http()
+        .get(format!("{}/v1/streams/{id}", gateway.url))
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let (resumed, _) = self::chunks(resumed).await;
+    assert!(!resumed.is_empty());
+    assert!(resumed.iter().all(|c| c["model"] == "text"), "{resumed:?}");
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ pub async fn resume(
     Ok(if openai {
         let finished_before = meta.state == StreamState::Finished && after >= meta.last_seq;
         let asked = asked(&meta);
-        let render = OpenAiChunks::new(
+        let mut render = OpenAiChunks::new(
             meta.id,
             meta.created_ms / 1000,
             &asked.model,
@@ -123,10 +123,28 @@ pub async fn resume(
             finished_before,
             asked.include_usage,
         );
+        // A reader resuming past the first record has not seen which model serves: the
+        // first request's (a continuation's record after `from` still switches it).
+        if from > 0
+            && let Some(Record::Upstream { model, .. }) = first_record(&state, &meta).await
+        {
+            render.set_model(&model);
+        }
         body::response(meta.id, records, render, options, guard)
     } else {
         body::response(meta.id, records, Events::default(), options, guard)
     })
+}
+
+/// The stream's first record, if it still has it.
+async fn first_record(state: &AppState, meta: &StreamMeta) -> Option<Record> {
+    if meta.first_seq != 1 || meta.last_seq == 0 {
+        return None;
+    }
+    let records = generation::records_until(&*state.log, meta.id, 1)
+        .await
+        .ok()?;
+    records.into_iter().next()
 }
 
 /// `POST /v1/streams/{id}/cancel`.
