@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let log = gateway::open_log(&config.store).map_err(anyhow::Error::msg)?;
     let state = AppState::with_local(&config, log, &load_local).map_err(anyhow::Error::msg)?;
     let listen = config.server.listen;
-    if !state.keys.enabled() {
+    if !state.auth_enabled() {
         if !listen.ip().is_loopback() && !config.server.allow_unauthenticated {
             bail!(
                 "no API keys are configured, so unbroken only listens on loopback; \

@@ -248,6 +248,13 @@ async fn a_session_answer_is_relayed_to_its_end_after_kill_9() {
     );
     let store = sqlite(dir.path());
     let server = Server::start(Some(&config), &store);
+    let created = http()
+        .post(format!("{}/v1/sessions", server.url))
+        .json(&json!({ "sessionId": "s1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
     let session = format!("{}/v1/sessions/s1", server.url);
     let mut channel = session_channel(&session).await;
     assert_eq!(message(&session, "Tell me a story.").await, 202);

@@ -59,6 +59,16 @@ impl ApiError {
         )
     }
 
+    /// 401: a bearer token that was refused, saying why.
+    pub fn bad_token(why: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_token",
+            why.to_owned(),
+        )
+    }
+
     /// 415: a body that does not say it is JSON.
     pub fn not_json() -> Self {
         Self::new(

@@ -73,8 +73,13 @@ pub struct Shared {
     pub known_topics: std::sync::Mutex<std::collections::HashSet<streamlog::StreamId>>,
     /// What every answer cost.
     pub ledger: Arc<crate::usage::Ledger>,
-    /// Principals who may see everyone's usage.
-    pub admins: std::collections::HashSet<String>,
+}
+
+impl Shared {
+    /// Whether requests must authenticate (API keys or tokens are configured).
+    pub fn auth_enabled(&self) -> bool {
+        self.keys.enabled()
+    }
 }
 
 impl AppState {
@@ -142,11 +147,10 @@ impl AppState {
         Self(Arc::new(Shared {
             server: config.server.clone(),
             ledger: Arc::new(crate::usage::Ledger::new(Arc::clone(&log), node.clone())),
-            admins: config.auth.admins.iter().cloned().collect(),
             log,
             models,
             keys,
-            anonymous: Principal("anonymous".into()),
+            anonymous: Principal::new("anonymous", crate::auth::Scopes::ALL),
             live: Arc::new(LiveStreams::default()),
             tasks: TaskTracker::new(),
             shutdown: Signal::new(),

@@ -15,16 +15,11 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use streamlog::{LogError, Record, StreamKind, StreamLog, UpstreamRequest};
 
-use crate::writers::{Writers, named_stream};
+use crate::writers::{Writers, find_named_stream, named_stream, namespace};
 
 /// The longest span one query may cover, in days.
 pub const MAX_DAYS: u64 = 93;
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
-/// The namespace of the days' names: no principal's idempotency keys live there.
-const NAMESPACE: &str = "\u{1}usage";
-/// The owner of the days' streams: no principal can be called that, so none can read
-/// them through the stream endpoints.
-const OWNER: &str = "\u{1}unbroken";
 
 /// One answer's usage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,10 +94,10 @@ impl Ledger {
     pub async fn record(&self, entry: &Entry) -> Result<(), LogError> {
         let day = named_stream(
             self.log.as_ref(),
-            NAMESPACE.into(),
+            namespace::USAGE.into(),
             &day_name(entry.at_ms / DAY_MS),
             StreamKind::Task,
-            OWNER,
+            namespace::SYSTEM,
         )
         .await?;
         let data = serde_json::to_value(entry)
@@ -140,28 +135,19 @@ impl Ledger {
         }
         let mut rows: BTreeMap<String, Row> = BTreeMap::new();
         for day in first..=last {
-            let id = match self
-                .log
-                .insert_idempotency_key(
-                    NAMESPACE.into(),
-                    day_name(day),
-                    streamlog::IdempotencyEntry {
-                        stream: streamlog::StreamId::new(),
-                        request_hash: Vec::new(),
-                    },
-                )
-                .await?
-            {
-                streamlog::IdempotencyOutcome::Existing(existing) => existing.stream,
-                // No answer ended that day (the name is now taken for whoever comes).
-                streamlog::IdempotencyOutcome::Inserted => continue,
+            let found = find_named_stream(
+                self.log.as_ref(),
+                namespace::USAGE.into(),
+                &day_name(day),
+                StreamKind::Task,
+            )
+            .await?;
+            // No answer ended that day.
+            let Some(day) = found else {
+                continue;
             };
+            let (id, last) = (day.id, day.last_seq);
             // The day's stream stays open: read what it holds now, not what comes later.
-            let last = match self.log.status(id).await {
-                Ok(meta) => meta.last_seq,
-                Err(LogError::NotFound(_)) => continue,
-                Err(error) => return Err(error),
-            };
             if last == 0 {
                 continue;
             }

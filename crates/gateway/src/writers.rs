@@ -78,6 +78,47 @@ impl Writers {
     }
 }
 
+/// The namespaces of names in the log's key table. A principal's name has no control
+/// characters (keys and tokens are checked), so no principal's names can land in another
+/// principal's namespace or the system's.
+pub mod namespace {
+    /// A principal's chat idempotency keys.
+    pub fn chat(principal: &str) -> String {
+        format!("chat\u{1f}{principal}")
+    }
+    /// A principal's sessions.
+    pub fn session(principal: &str) -> String {
+        format!("session\u{1f}{principal}")
+    }
+    /// Topics, which belong to the system.
+    pub const TOPIC: &str = "topic\u{1f}";
+    /// The usage ledger's days.
+    pub const USAGE: &str = "usage\u{1f}";
+    /// The owner of the system's streams (topics, the usage ledger): no principal can be
+    /// called that.
+    pub const SYSTEM: &str = "\u{1}system";
+}
+
+/// The existing stream called `name` in `namespace`, if it is of `kind`; never creates.
+///
+/// # Errors
+/// Storage errors.
+pub async fn find_named_stream(
+    log: &dyn StreamLog,
+    namespace: String,
+    name: &str,
+    kind: StreamKind,
+) -> Result<Option<StreamMeta>, LogError> {
+    let Some(entry) = log.find_idempotency_key(namespace, name.to_owned()).await? else {
+        return Ok(None);
+    };
+    match log.status(entry.stream).await {
+        Ok(meta) if meta.kind == kind => Ok(Some(meta)),
+        Ok(_) | Err(LogError::NotFound(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// The stream called `name` in `namespace` (topics, sessions, the usage ledger), created
 /// (owned by `owner`) on first use, by whichever node comes first.
 ///
@@ -102,7 +143,10 @@ pub async fn named_stream(
         IdempotencyOutcome::Existing(existing) => existing.stream,
     };
     match log.status(id).await {
-        Ok(meta) => Ok(meta),
+        Ok(meta) if meta.kind == kind => Ok(meta),
+        Ok(_) => Err(LogError::InvalidArgument(
+            "the name belongs to a stream of another kind",
+        )),
         // Named a moment ago by someone who has not created it yet: create it ourselves;
         // whoever comes second finds it existing.
         Err(LogError::NotFound(_)) => {

@@ -344,7 +344,7 @@ async fn operations_endpoints_answer() {
         "unbroken_resumes_total",
         "unbroken_idempotent_replays_total",
         "unbroken_upstream_ttft_seconds_bucket{model=\"sim\"",
-        "unbroken_queue_depth{model=\"sim\",target=\"0\"}",
+        "unbroken_queue_depth{model=\"sim\",target=\"simulator:sim\"}",
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }

@@ -17,6 +17,16 @@ async fn publish(gateway: &Gateway, topic: &str, body: Value) -> reqwest::Respon
         .unwrap()
 }
 
+/// Create `topic` (subscribers attach to existing topics only).
+async fn create_topic(gateway: &Gateway, topic: &str) -> reqwest::StatusCode {
+    http()
+        .post(format!("{}/v1/topics/{topic}", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 async fn subscribe(gateway: &Gateway, path: &str) -> Events {
     Events::new(
         http()
@@ -39,6 +49,16 @@ async fn take(events: &mut Events, n: usize) -> Vec<sse::Event> {
 async fn a_topic_fans_out_in_order_and_a_slow_subscriber_holds_nobody_up() {
     const EVENTS: usize = 200;
     let gateway = Gateway::start("").await;
+    // A topic nobody created or published to is not there to read; creating it is
+    // idempotent.
+    let unknown = http()
+        .get(format!("{}/v1/topics/news", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(create_topic(&gateway, "news").await, 201);
+    assert_eq!(create_topic(&gateway, "news").await, 200);
     // Subscribe before publishing (live only is the default).
     let mut subscribers = join_all((0..100).map(|_| subscribe(&gateway, "/v1/topics/news"))).await;
     let mut slow = subscribers.pop().unwrap(); // never read until the others are done

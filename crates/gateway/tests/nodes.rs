@@ -96,6 +96,13 @@ async fn a_topic_reaches_subscribers_on_every_node() {
     let upstream = Upstream::start(SimulatorConfig::default()).await;
     let a = node(&redis, "node-a", &upstream).await;
     let b = node(&redis, "node-b", &upstream).await;
+    // Created on one node, there on every node.
+    let created = http()
+        .post(format!("{}/v1/topics/news", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
     let mut subscribers = Vec::new();
     for gateway in [&a, &b] {
         let response = http()
@@ -184,7 +191,14 @@ async fn sessions_and_tasks_are_driven_across_nodes() {
         http().post(url).json(&body).send().await.unwrap()
     };
 
-    // A session: the channel on node b, the messages on node a and then node b.
+    // A session: created on node a, the channel on node b, the messages on node a and
+    // then node b.
+    let created = post(
+        format!("{}/v1/sessions", a.url),
+        serde_json::json!({ "sessionId": "s1" }),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
     let channel = http()
         .get(format!("{}/v1/sessions/s1/events", b.url))
         .send()

@@ -24,6 +24,16 @@ async fn send(gateway: &Gateway, session: &str, content: &str) -> reqwest::Respo
         .unwrap()
 }
 
+/// Create the session `id` (a channel can be opened on an existing session only).
+async fn create(gateway: &Gateway, id: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/v1/sessions", gateway.url))
+        .json(&json!({ "sessionId": id }))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn channel(gateway: &Gateway, session: &str, last: Option<&str>) -> Events {
     let mut request = http().get(format!("{}/v1/sessions/{session}/events", gateway.url));
     if let Some(last) = last {
@@ -39,6 +49,15 @@ fn data(event: &sse::Event) -> Value {
 #[tokio::test]
 async fn two_answers_reach_a_reconnecting_reader_exactly_once() {
     let gateway = Gateway::start(SIM).await;
+    // Nothing to read before the session exists; creating it again is idempotent.
+    let unknown = http()
+        .get(format!("{}/v1/sessions/s-1/events", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(create(&gateway, "s-1").await.status(), 201);
+    assert_eq!(create(&gateway, "s-1").await.status(), 200);
     let mut reader = channel(&gateway, "s-1", None).await;
     let connected = reader.next().await.unwrap();
     assert_eq!(connected.event, "connected");

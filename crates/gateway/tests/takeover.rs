@@ -48,9 +48,13 @@ async fn left_behind(log: &dyn StreamLog, holder: &str, records: Vec<Record>) ->
         stream: id,
         request_hash: gateway::auth::sha256(&request).to_vec(),
     };
-    log.insert_idempotency_key("anonymous".into(), "k1".into(), entry)
-        .await
-        .unwrap();
+    log.insert_idempotency_key(
+        gateway::writers::namespace::chat("anonymous"),
+        "k1".into(),
+        entry,
+    )
+    .await
+    .unwrap();
     id
 }
 

@@ -108,6 +108,13 @@ impl StreamLog for FailingLog {
     ) -> LogFuture<'_, IdempotencyOutcome> {
         self.write(|| self.inner.insert_idempotency_key(principal, key, entry))
     }
+    fn find_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+    ) -> LogFuture<'_, Option<IdempotencyEntry>> {
+        self.inner.find_idempotency_key(principal, key)
+    }
     fn release_idempotency_key(
         &self,
         principal: String,

@@ -240,6 +240,16 @@ pub trait StreamLog: Send + Sync + 'static {
         entry: IdempotencyEntry,
     ) -> LogFuture<'_, IdempotencyOutcome>;
 
+    /// The entry `(principal, key)` maps to, if any (a lookup that never inserts).
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn find_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+    ) -> LogFuture<'_, Option<IdempotencyEntry>>;
+
     /// Remove `(principal, key)` if it still maps to `stream`, so that the key can start
     /// a new stream: for an attempt that failed before it produced anything. A key mapped
     /// to another stream, or no key at all, is left as it is.

@@ -308,6 +308,19 @@ impl StreamLog for MemoryLog {
         Box::pin(std::future::ready(Ok(outcome)))
     }
 
+    fn find_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+    ) -> LogFuture<'_, Option<IdempotencyEntry>> {
+        let state = lock(&self.state);
+        let found = state
+            .keys
+            .get(&(principal, key))
+            .map(|(entry, _)| entry.clone());
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
     fn release_idempotency_key(
         &self,
         principal: String,

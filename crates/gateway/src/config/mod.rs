@@ -223,8 +223,32 @@ pub struct AuthConfig {
     pub keys: Vec<ApiKeyConfig>,
     /// A file with one `principal sha256hex` pair per line (`#` comments allowed).
     pub keys_file: Option<PathBuf>,
-    /// Principals who may see everyone's usage (`GET /v1/usage?principal=all`).
-    pub admins: Vec<String>,
+    /// `[auth.jwt]`: bearer tokens signed by an identity provider.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`: JSON Web Tokens as bearer credentials. The principal is the token's `sub`,
+/// its scopes its `scope` claim (space-separated). The algorithm comes from here, never
+/// from the token: HS256 with `hs256_secret_env`, or RS256 / ES256 with the keys of
+/// `jwks_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The environment variable holding the HS256 secret.
+    pub hs256_secret_env: Option<String>,
+    /// A JWKS file (JSON `{"keys": [...]}`) with the RS256 / ES256 public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// The required `iss`, if set.
+    pub issuer: Option<String>,
+    /// The required `aud`, if set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 60.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+fn default_leeway_s() -> u64 {
+    60
 }
 
 /// One API key.
@@ -235,6 +259,9 @@ pub struct ApiKeyConfig {
     pub principal: String,
     /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
     pub sha256: String,
+    /// What the key may do: `chat`, `subscribe`, `publish`, `admin`. Default: all but
+    /// `admin`.
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Config {
@@ -349,10 +376,23 @@ impl Config {
             }
         }
         for (k, api_key) in self.auth.keys.iter().enumerate() {
-            if api_key.principal.is_empty() {
+            if api_key.principal.is_empty()
+                || api_key.principal.len() > 256
+                || api_key.principal.chars().any(char::is_control)
+            {
                 return Err(invalid(
                     format!("auth.keys[{k}].principal"),
-                    "must not be empty",
+                    "must be 1 to 256 characters without control characters",
+                ));
+            }
+            if let Some(scopes) = &api_key.scopes
+                && let Some(bad) = scopes
+                    .iter()
+                    .find(|s| crate::auth::Scope::parse(s).is_none())
+            {
+                return Err(invalid(
+                    format!("auth.keys[{k}].scopes"),
+                    format!("{bad:?} is not a scope: chat, subscribe, publish or admin"),
                 ));
             }
             if parse_sha256(&api_key.sha256).is_none() {

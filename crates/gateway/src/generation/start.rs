@@ -25,6 +25,7 @@ use super::supervisor::{Creation, Generation, Outcome, Resume, send};
 use crate::auth::sha256;
 use crate::router::Model;
 use crate::state::AppState;
+use crate::writers::namespace;
 
 /// A generation to start.
 pub struct Start {
@@ -206,7 +207,7 @@ async fn claim(
     };
     let outcome = state
         .log
-        .insert_idempotency_key(principal.to_owned(), key.to_owned(), entry)
+        .insert_idempotency_key(namespace::chat(principal), key.to_owned(), entry)
         .await?;
     let IdempotencyOutcome::Existing(existing) = outcome else {
         return Ok(Claimed::Mine((meta, lease)));
@@ -216,7 +217,15 @@ async fn claim(
         return Err(GenerationError::IdempotencyMismatch);
     }
     metrics::counter!("unbroken_idempotent_replays_total").increment(1);
-    Ok(Claimed::Existing(state.log.status(existing.stream).await?))
+    let meta = state.log.status(existing.stream).await?;
+    if meta.kind != StreamKind::Chat || meta.owner != principal {
+        // Keys of a namespace map to its own principal's chat streams only; anything else
+        // is a corrupt table, never another stream to attach to.
+        return Err(GenerationError::Log(streamlog::LogError::Corrupt(
+            "an idempotency key maps to a stream that is not this principal's answer".into(),
+        )));
+    }
+    Ok(Claimed::Existing(meta))
 }
 
 /// A stream created for a request that turned out to repeat an idempotency key: end it

@@ -416,7 +416,7 @@ impl Generation {
         let key = self
             .idempotency_key
             .clone()
-            .map(|key| (self.principal.clone(), key));
+            .map(|key| (crate::writers::namespace::chat(&self.principal), key));
         let id = self.id;
         async move {
             let Some(tx) = tx else {

@@ -17,7 +17,7 @@ use providers::ChatRequest;
 use serde_json::Value;
 use streamlog::{Record, StreamId, StreamMeta};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::generation::{self, Begun, Start};
 use crate::http::body::{self, STREAM_ID_HEADER};
@@ -44,6 +44,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Chat)?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let call = parse(&body)?;
     let model = state.models.get(&call.model).cloned().ok_or_else(|| {

@@ -48,13 +48,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The caller: the principal of the bearer key presented, or `anonymous` when no keys are
-/// configured; 401 otherwise.
+/// The caller: the principal of the bearer key or token presented, or `anonymous` when
+/// auth is off; 401 otherwise.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if !state.keys.enabled() {
+        if !state.auth_enabled() {
             return Ok(state.anonymous.clone());
         }
         let presented = parts
@@ -65,10 +65,10 @@ impl FromRequestParts<AppState> for Principal {
             // The scheme's case does not matter (RFC 9110 §11.1).
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, key)| key.trim());
-        presented
-            .and_then(|key| state.keys.principal(key))
-            .cloned()
-            .ok_or_else(ApiError::unauthorized)
+        match presented {
+            Some(credential) => state.keys.authenticate(credential),
+            None => Err(ApiError::unauthorized()),
+        }
     }
 }
 

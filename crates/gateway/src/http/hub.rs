@@ -21,13 +21,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use streamlog::{LogError, NewStream, Record, StreamId, StreamKind, StreamMeta, StreamState};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::http::body;
 use crate::http::extract::{ApiPath, ApiQuery, body_error, last_event_id};
 use crate::http::named;
 use crate::http::render::Events;
 use crate::state::AppState;
+use crate::writers::{find_named_stream, namespace};
 
 fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
     let body = body.map_err(|rejection| body_error(&rejection, limit))?;
@@ -53,25 +54,39 @@ fn write_error(error: LogError) -> ApiError {
 
 // ---------------------------------------------------------------- topics
 
-async fn topic(
-    state: &AppState,
-    name: &str,
-    principal: &Principal,
-) -> Result<StreamMeta, ApiError> {
+/// The topic `name`, which belongs to the system (not to whoever named it first): with
+/// `create`, made on first use (a publish); without, 404 when nobody published to it yet.
+async fn topic(state: &AppState, name: &str, create: bool) -> Result<StreamMeta, ApiError> {
     if !named::valid_name(name) {
         return Err(ApiError::bad_request(
             "invalid_topic",
             "a topic name is 1 to 128 of A-Z a-z 0-9 _ -",
         ));
     }
-    let meta = named::stream(
-        state,
-        "topic".into(),
-        name,
-        StreamKind::Topic,
-        principal.as_str(),
-    )
-    .await?;
+    let meta = if create {
+        named::stream(
+            state,
+            namespace::TOPIC.into(),
+            name,
+            StreamKind::Topic,
+            namespace::SYSTEM,
+        )
+        .await?
+    } else {
+        find_named_stream(
+            state.log.as_ref(),
+            namespace::TOPIC.into(),
+            name,
+            StreamKind::Topic,
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "topic_not_found",
+                "no such topic: nothing was published to it",
+            )
+        })?
+    };
     state
         .known_topics
         .lock()
@@ -126,6 +141,40 @@ fn single_line(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `POST /v1/topics/{topic}`: create the topic (idempotent), so subscribers can attach
+/// before the first publish. 201 when created, 200 when it existed.
+pub async fn create_topic(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Publish)?;
+    may_publish(&state, &principal)?;
+    let existed = topic(&state, &name, false).await.is_ok();
+    let meta = topic(&state, &name, true).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(json!({ "topic": name, "id": meta.last_seq.to_string() })),
+    )
+        .into_response())
+}
+
+/// Whether `principal` is one of `[topics] publishers` (when the list is set).
+fn may_publish(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    if !state.publishers.is_empty() && !state.publishers.contains(principal.as_str()) {
+        return Err(ApiError::forbidden(
+            "not_a_publisher",
+            "these credentials may subscribe but not publish",
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/topics/{topic}/events`: `{event, data, id?}` or an array of them.
 pub async fn publish(
     State(state): State<AppState>,
@@ -133,15 +182,8 @@ pub async fn publish(
     ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !state.publishers.is_empty() && !state.publishers.contains(principal.as_str()) {
-        return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            kind: "permission_error",
-            code: "not_a_publisher".into(),
-            message: "these credentials may subscribe but not publish".into(),
-            retry_after: None,
-        });
-    }
+    principal.require(Scope::Publish)?;
+    may_publish(&state, &principal)?;
     let body = json_body(body, state.server.max_body_bytes)?;
     let items = match body {
         Value::Array(items) if !items.is_empty() && items.len() <= 1000 => items,
@@ -175,7 +217,7 @@ pub async fn publish(
         });
     }
     let count = records.len() as u64;
-    let meta = topic(&state, &name, &principal).await?;
+    let meta = topic(&state, &name, true).await?;
     let last = state
         .writers
         .append(state.log.as_ref(), &state.node, meta.id, records, None)
@@ -203,7 +245,8 @@ pub async fn subscribe(
     ApiQuery(query): ApiQuery<SubscribeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let meta = topic(&state, &name, &principal).await?;
+    principal.require(Scope::Subscribe)?;
+    let meta = topic(&state, &name, false).await?;
     let otherwise = match query.from.as_deref() {
         Some("earliest") => meta.first_seq.saturating_sub(1),
         None | Some("latest") => meta.last_seq,
@@ -247,6 +290,7 @@ pub async fn create_task(
     principal: Principal,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Publish)?;
     let body = json_body(body, state.server.max_body_bytes)?;
     if !body.is_object() {
         return Err(ApiError::bad_request(
@@ -309,6 +353,7 @@ pub async fn progress(
     ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Publish)?;
     let body = json_body(body, state.server.max_body_bytes)?;
     let Some(step) = body.get("step").and_then(Value::as_u64) else {
         return Err(ApiError::bad_request(
@@ -331,6 +376,7 @@ pub async fn complete(
     ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Publish)?;
     end_task(
         &state,
         &principal,
@@ -349,6 +395,7 @@ pub async fn fail(
     ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Publish)?;
     end_task(
         &state,
         &principal,
@@ -385,6 +432,7 @@ pub async fn task_events(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Subscribe)?;
     let meta = task(&state, &principal, &id).await?;
     let records = crate::generation::records_until(&*state.log, meta.id, meta.last_seq).await?;
     let total = serde_json::from_slice::<Value>(&meta.request)

@@ -44,7 +44,10 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/sessions/{id}/messages", post(sessions::message))
-        .route("/v1/topics/{topic}", get(hub::subscribe))
+        .route(
+            "/v1/topics/{topic}",
+            get(hub::subscribe).post(hub::create_topic),
+        )
         .route("/v1/topics/{topic}/events", post(hub::publish))
         .route("/v1/tasks", post(hub::create_task))
         .route("/v1/tasks/{id}/progress", post(hub::progress))

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use streamlog::{LogError, Record, Seq, StreamId, StreamKind, StreamMeta, StreamState};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::generation::{self, Begun, Relay, Start};
 use crate::http::body;
@@ -24,16 +24,15 @@ use crate::http::extract::{ApiPath, body_error};
 use crate::http::named;
 use crate::http::render::Events;
 use crate::state::AppState;
+use crate::writers::{find_named_stream, namespace};
 
-fn namespace(principal: &Principal) -> String {
-    format!("session:{}", principal.as_str())
-}
-
-/// The session `id` of `principal`, created on first use.
+/// The session `id` of `principal`: with `create`, made on first use (a POST); without,
+/// 404 when it does not exist.
 async fn session(
     state: &AppState,
     principal: &Principal,
     id: &str,
+    create: bool,
 ) -> Result<StreamMeta, ApiError> {
     if !named::valid_name(id) {
         return Err(ApiError::bad_request(
@@ -41,16 +40,24 @@ async fn session(
             "a session id is 1 to 128 of A-Z a-z 0-9 _ -",
         ));
     }
-    let meta = named::stream(
-        state,
-        namespace(principal),
-        id,
-        StreamKind::Session,
-        principal.as_str(),
-    )
-    .await?;
-    if meta.owner != principal.as_str() || meta.kind != StreamKind::Session {
-        return Err(ApiError::not_found("session_not_found", "no such session"));
+    let not_found = || ApiError::not_found("session_not_found", "no such session");
+    let namespace = namespace::session(principal.as_str());
+    let meta = if create {
+        named::stream(
+            state,
+            namespace,
+            id,
+            StreamKind::Session,
+            principal.as_str(),
+        )
+        .await?
+    } else {
+        find_named_stream(state.log.as_ref(), namespace, id, StreamKind::Session)
+            .await?
+            .ok_or_else(not_found)?
+    };
+    if meta.owner != principal.as_str() {
+        return Err(not_found());
     }
     Ok(meta)
 }
@@ -76,14 +83,48 @@ fn history(records: &[Record]) -> Vec<Value> {
         .collect()
 }
 
-/// `POST /v1/sessions`: a new session with a server-chosen id.
+/// `POST /v1/sessions` (no body, or `{"sessionId": "…"}` to choose the id): create a
+/// session. 201 when created, 200 when the chosen id existed already.
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let id = StreamId::new().to_string();
-    session(&state, &principal, &id).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "sessionId": id }))).into_response())
+    principal.require(Scope::Chat)?;
+    let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
+    let chosen = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let invalid = || {
+            ApiError::bad_request(
+                "invalid_request",
+                "the body must be empty or {\"sessionId\": \"…\"}",
+            )
+        };
+        let value: Value = serde_json::from_slice(&body).map_err(|_| invalid())?;
+        let Value::Object(mut fields) = value else {
+            return Err(invalid());
+        };
+        match fields.remove("sessionId") {
+            None if fields.is_empty() => None,
+            Some(Value::String(id)) if fields.is_empty() => Some(id),
+            _ => return Err(invalid()),
+        }
+    };
+    let (id, status) = match chosen {
+        Some(id) => {
+            let existed = session(&state, &principal, &id, false).await.is_ok();
+            let status = if existed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (id, status)
+        }
+        None => (StreamId::new().to_string(), StatusCode::CREATED),
+    };
+    session(&state, &principal, &id, true).await?;
+    Ok((status, Json(json!({ "sessionId": id }))).into_response())
 }
 
 /// `GET /v1/sessions/{id}`: the history.
@@ -92,7 +133,8 @@ pub async fn show(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let meta = session(&state, &principal, &id).await?;
+    principal.require(Scope::Chat)?;
+    let meta = session(&state, &principal, &id, false).await?;
     let records = records_until(&state, meta.id, meta.last_seq).await?;
     let answering = meta.lease.is_some() && meta.state == StreamState::Open;
     Ok(Json(json!({
@@ -109,7 +151,8 @@ pub async fn end(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let meta = session(&state, &principal, &id).await?;
+    principal.require(Scope::Chat)?;
+    let meta = session(&state, &principal, &id, false).await?;
     if !meta.state.is_terminal() {
         let lease = acquire(&state, meta.id).await?;
         state
@@ -146,7 +189,8 @@ pub async fn events(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let meta = session(&state, &principal, &id).await?;
+    principal.require(Scope::Chat)?;
+    let meta = session(&state, &principal, &id, false).await?;
     let (after, reset) = named::start(&headers, &meta, 0, 0)?;
     if meta.state.is_terminal() && after == meta.last_seq {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -170,6 +214,7 @@ pub async fn message(
     ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Chat)?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
         return Err(ApiError::bad_request(
@@ -209,7 +254,7 @@ pub async fn message(
     })?;
     fields.remove("messages");
     fields.remove("stream");
-    let meta = session(&state, &principal, &id).await?;
+    let meta = session(&state, &principal, &id, true).await?;
     let token = acquire(&state, meta.id).await?;
     let started = async {
         let records = records_until(&state, meta.id, meta.last_seq).await?;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use streamlog::{Record, StreamId, StreamKind, StreamMeta, StreamState};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::generation::{self, Reading};
 use crate::http::body;
@@ -41,7 +41,9 @@ pub async fn owned(
     let not_found = || ApiError::not_found("stream_not_found", "no such stream");
     let id: StreamId = id.parse().map_err(|_| not_found())?;
     let meta = state.log.status(id).await?;
-    if meta.owner != principal.as_str() {
+    // The stream endpoints act on chat streams only: topics, sessions and tasks have
+    // their own, with their own rules.
+    if meta.owner != principal.as_str() || meta.kind != streamlog::StreamKind::Chat {
         return Err(not_found());
     }
     Ok(meta)
@@ -78,6 +80,7 @@ pub async fn resume(
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Chat)?;
     let meta = owned(&state, &principal, &id).await?;
     let after = last_event_id(&headers, query.last_event_id.as_deref())?;
     let openai = match query.format.as_deref() {
@@ -153,7 +156,22 @@ pub async fn cancel(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let meta = owned(&state, &principal, &id).await?;
+    // One's own answer with `chat`; anyone's with `admin`.
+    let meta = match owned(&state, &principal, &id).await {
+        Err(not_yours) if principal.has(Scope::Admin) => {
+            let id: StreamId = id.parse().map_err(|_| not_yours)?;
+            let meta = state.log.status(id).await?;
+            if meta.kind != streamlog::StreamKind::Chat {
+                return Err(ApiError::not_found("stream_not_found", "no such stream"));
+            }
+            meta
+        }
+        Err(error) => return Err(error),
+        Ok(meta) => {
+            principal.require(Scope::Chat)?;
+            meta
+        }
+    };
     if meta.state.is_terminal() {
         return Ok(axum::Json(
             serde_json::json!({ "id": meta.id.to_string(), "state": meta.state }),
@@ -227,6 +245,7 @@ pub async fn status(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    principal.require(Scope::Chat)?;
     let meta = owned(&state, &principal, &id).await?;
     let mut usage = Value::Null;
     let mut requests: Vec<Value> = Vec::new();

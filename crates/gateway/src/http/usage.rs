@@ -2,8 +2,8 @@
 //!
 //! `since` and `until` are RFC 3339 times (default: the last 24 hours; at most 93 days),
 //! `group_by` is `model` (default), `target` or `principal`. A principal sees its own
-//! usage; `principal=all` (everyone's) or another principal's name needs an admin
-//! (`[auth] admins`), and without API keys the one principal sees everything.
+//! usage; `principal=all` (everyone's) or another principal's name needs the scope
+//! `admin`, and without auth the one principal sees everything.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -58,21 +58,21 @@ pub async fn usage(
             format!("a usage query spans at most {} days", usage::MAX_DAYS),
         ));
     }
-    let admin = !state.keys.enabled() || state.admins.contains(principal.as_str());
+    let admin = principal.has(crate::auth::Scope::Admin);
     let whose = match query.principal.as_deref() {
         None => Some(principal.as_str()),
         Some(name) if name == principal.as_str() => Some(name),
         Some(_) if !admin => {
             return Err(ApiError::forbidden(
                 "insufficient_scope",
-                "only an admin sees other principals' usage",
+                "another principal's usage needs the scope `admin`",
             ));
         }
         Some("all") => None,
         Some(name) => Some(name),
     };
-    // Without API keys every request is one principal: its usage is everyone's.
-    let whose = if state.keys.enabled() { whose } else { None };
+    // Without auth every request is one principal: its usage is everyone's.
+    let whose = if state.auth_enabled() { whose } else { None };
     let group_by = query.group_by.unwrap_or(GroupBy::Model);
     let rows = state
         .ledger

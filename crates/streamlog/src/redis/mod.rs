@@ -685,18 +685,20 @@ impl StreamLog for RedisLog {
                 shared.command::<Value>(&by_time).await?;
                 return Ok(IdempotencyOutcome::Inserted);
             };
-            let (stream, hash) = previous
-                .split_once(' ')
-                .ok_or_else(|| corrupt("a key's value"))?;
-            let stream = stream.parse().map_err(|_| corrupt("a key's stream"))?;
-            let request_hash = (0..hash.len() / 2)
-                .map(|i| u8::from_str_radix(&hash[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|_| corrupt("a key's hash"))?;
-            Ok(IdempotencyOutcome::Existing(IdempotencyEntry {
-                stream,
-                request_hash,
-            }))
+            Ok(IdempotencyOutcome::Existing(key_entry(&previous)?))
+        })
+    }
+
+    fn find_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+    ) -> LogFuture<'_, Option<IdempotencyEntry>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let name = shared.key_key(&principal, &key);
+            let value: Option<String> = shared.command(redis::cmd("GET").arg(&name)).await?;
+            value.as_deref().map(key_entry).transpose()
         })
     }
 
@@ -738,4 +740,20 @@ fn timed_out() -> LogError {
         std::io::ErrorKind::TimedOut,
         "redis did not answer in time",
     )))
+}
+
+/// An idempotency key's stored value: `<stream> <hex request hash>`.
+fn key_entry(value: &str) -> Result<IdempotencyEntry, LogError> {
+    let (stream, hash) = value
+        .split_once(' ')
+        .ok_or_else(|| corrupt("a key's value"))?;
+    let stream = stream.parse().map_err(|_| corrupt("a key's stream"))?;
+    let request_hash = (0..hash.len() / 2)
+        .map(|i| u8::from_str_radix(&hash[2 * i..2 * i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| corrupt("a key's hash"))?;
+    Ok(IdempotencyEntry {
+        stream,
+        request_hash,
+    })
 }

@@ -438,6 +438,34 @@ impl StreamLog for SqliteLog {
         }))
     }
 
+    fn find_idempotency_key(
+        &self,
+        principal: String,
+        key: String,
+    ) -> LogFuture<'_, Option<IdempotencyEntry>> {
+        Box::pin(self.pool.run(move |conn| {
+            use rusqlite::OptionalExtension;
+            let found: Option<(String, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT stream, request_hash FROM idempotency WHERE principal = ?1 AND key = ?2",
+                )?
+                .query_row(rusqlite::params![principal, key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((stream, request_hash)) = found else {
+                return Ok(None);
+            };
+            let stream = stream
+                .parse()
+                .map_err(|e: crate::ParseStreamIdError| LogError::Corrupt(e.to_string()))?;
+            Ok(Some(IdempotencyEntry {
+                stream,
+                request_hash,
+            }))
+        }))
+    }
+
     fn release_idempotency_key(
         &self,
         principal: String,

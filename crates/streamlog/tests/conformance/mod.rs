@@ -526,6 +526,12 @@ pub async fn idempotency_keys<B: Backend>(backend: B) {
         put("bob", "k1", &second).await.unwrap(),
         IdempotencyOutcome::Inserted
     );
+    // A lookup finds what was inserted, and inserts nothing.
+    let find = |p: &str, k: &str| log.find_idempotency_key(p.into(), k.into());
+    assert_eq!(find("alice", "k1").await.unwrap(), Some(first.clone()));
+    assert_eq!(find("bob", "k1").await.unwrap(), Some(second.clone()));
+    assert_eq!(find("alice", "nothing").await.unwrap(), None);
+    assert_eq!(find("alice", "nothing").await.unwrap(), None);
     // Concurrent inserts of one key: exactly one wins, all see the winner.
     let mut tasks = JoinSet::new();
     for i in 0..16u8 {
