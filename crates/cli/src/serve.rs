@@ -100,11 +100,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
     // Whoever started us may stop reading stdout; that must not stop the gateway.
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "unbroken listening on http://{local}");
-    let _ = writeln!(out, "  chat UI: http://{local}/");
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let _ = writeln!(out, "unbroken listening on {scheme}://{local}");
+    let _ = writeln!(out, "  chat UI: {scheme}://{local}/");
     let _ = writeln!(
         out,
-        "  OpenAI-compatible API: http://{local}/v1 (models: {})",
+        "  OpenAI-compatible API: {scheme}://{local}/v1 (models: {})",
         state.models.names().join(", ")
     );
     let _ = out.flush();

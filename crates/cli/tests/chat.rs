@@ -104,7 +104,7 @@ fn stream_text(url: &str, id: &str) -> String {
     let mut socket = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
     write!(
         socket,
-        "GET /v1/streams/{id}?format=events HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        "GET /v1/streams/{id}?format=events HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
     let mut body = String::new();
@@ -121,7 +121,7 @@ fn upstream_requests(url: &str) -> String {
     let mut socket = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
     write!(
         socket,
-        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
     let mut body = String::new();

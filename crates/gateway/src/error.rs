@@ -99,6 +99,18 @@ impl ApiError {
         )
     }
 
+    /// 421: the request names another host (a DNS-rebinding page, without auth).
+    pub fn misdirected() -> Self {
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "invalid_request_error",
+            "invalid_host",
+            "this gateway answers only to its own host names; add yours to \
+             [server] allowed_hosts"
+                .into(),
+        )
+    }
+
     /// 403: the principal may not do this.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(

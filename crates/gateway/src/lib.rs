@@ -27,10 +27,12 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod router;
 pub mod signal;
 pub mod state;
+mod tls;
 pub mod usage;
 pub mod writers;
 
@@ -96,13 +98,15 @@ pub async fn run(
             stopping.hard_stop.raise();
         }
     };
-    let serve = accept::serve(
-        listener,
-        app(state.clone()),
-        state.server.request_read_timeout(),
-        grace,
-        signal,
-    );
+    let options = match accept::Options::new(&state.server, state.limits.max_connections) {
+        Ok(options) => options,
+        Err(error) => {
+            // Nothing was served: stop the housekeeping started above.
+            state.shutdown.raise();
+            return Err(error);
+        }
+    };
+    let serve = accept::serve(listener, app(state.clone()), options, signal);
     let mut drain = std::pin::pin!(drain);
     let mut serve = std::pin::pin!(serve);
     tokio::select! {

@@ -73,6 +73,12 @@ pub struct Shared {
     pub known_topics: std::sync::Mutex<std::collections::HashSet<streamlog::StreamId>>,
     /// What every answer cost.
     pub ledger: Arc<crate::usage::Ledger>,
+    /// `[limits]`.
+    pub limits: crate::config::LimitsConfig,
+    /// `[sessions]`.
+    pub sessions: crate::config::SessionsConfig,
+    /// What each principal holds now (answers generating, readers open).
+    pub holdings: crate::limits::Holdings,
 }
 
 impl Shared {
@@ -147,6 +153,9 @@ impl AppState {
         Self(Arc::new(Shared {
             server: config.server.clone(),
             ledger: Arc::new(crate::usage::Ledger::new(Arc::clone(&log), node.clone())),
+            limits: config.limits.clone(),
+            sessions: config.sessions.clone(),
+            holdings: crate::limits::Holdings::default(),
             log,
             models,
             keys,

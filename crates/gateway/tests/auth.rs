@@ -397,3 +397,42 @@ async fn tokens_name_their_principal_and_scopes_and_bad_ones_say_why() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_keyless_gateway_answers_only_to_its_own_host_names() {
+    let gateway = Gateway::start(
+        "[server]\nallowed_hosts = [\"gw.lan\"]\n[[models]]\nname = \"sim\"\ntargets = [{ provider = \"simulator\", tokens = 3 }]\n",
+    )
+    .await;
+    let port = gateway.url.rsplit(':').next().unwrap().to_owned();
+    let with_host = |host: String| {
+        let url = format!("{}/v1/models", gateway.url);
+        async move { http().get(url).header("host", host).send().await.unwrap() }
+    };
+    // A page that rebound its own name to 127.0.0.1 still sends that name.
+    let rebound = with_host(format!("attacker.example:{port}")).await;
+    assert_eq!(rebound.status(), 421);
+    let (_, error) = error_of(rebound).await;
+    assert_eq!(error["code"], "invalid_host");
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "gw.lan".to_owned(),
+    ] {
+        assert_eq!(with_host(host.clone()).await.status(), 200, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn with_auth_on_the_host_is_not_checked() {
+    let gateway = Gateway::start(&config()).await;
+    let response = http()
+        .get(format!("{}/v1/models", gateway.url))
+        .header("host", "gateway.example.com")
+        .bearer_auth("alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

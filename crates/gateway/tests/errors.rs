@@ -380,12 +380,12 @@ async fn stalled_requests_are_cut_off() {
             .await;
     // Nothing at all, and half a request: the connection is closed.
     assert_eq!(raw_exchange(&gateway.url, b"").await, "");
-    let half = raw_exchange(&gateway.url, b"GET /health HTTP/1.1\r\nHost: x\r\n").await;
+    let half = raw_exchange(&gateway.url, b"GET /health HTTP/1.1\r\nHost: localhost\r\n").await;
     assert!(!half.contains("200 OK"), "{half}");
     // A body announced and not sent: 408 in OpenAI's shape.
     let stalled = raw_exchange(
         &gateway.url,
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
     )
     .await;
     assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");

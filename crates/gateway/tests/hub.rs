@@ -294,3 +294,46 @@ async fn topics_keep_at_most_max_events() {
     publish(&gateway, "kept", json!({ "event": "n", "data": 20 })).await;
     assert!(earliest.next().await.unwrap().id.starts_with("21."));
 }
+
+#[tokio::test]
+async fn bodies_that_are_not_objects_are_refused() {
+    let gateway = Gateway::start("").await;
+    let post = |path: &str, body: &'static str| {
+        let url = format!("{}{path}", gateway.url);
+        async move {
+            http()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for body in [
+        "5",
+        "\"x\"",
+        "null",
+        "[5]",
+        "{}",
+        "[{\"event\": \"e\"}]",
+        "[{\"event\": 3, \"data\": 1}]",
+    ] {
+        let refused = post("/v1/topics/t/events", body).await;
+        assert_eq!(refused.status(), 400, "publish {body}");
+    }
+    let empty = http()
+        .post(format!("{}/v1/topics/t/events", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 400, "an empty publish");
+    let task: Value = post("/v1/tasks", "{}").await.json().await.unwrap();
+    let id = task["taskId"].as_str().unwrap().to_owned();
+    for body in ["\"x\"", "5", "[1]"] {
+        let refused = post(&format!("/v1/tasks/{id}/complete"), body).await;
+        assert_eq!(refused.status(), 400, "complete {body}");
+    }
+    let done = post(&format!("/v1/tasks/{id}/complete"), "{\"result\": 1}").await;
+    assert_eq!(done.status(), 200);
+}

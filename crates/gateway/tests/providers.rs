@@ -105,6 +105,16 @@ async fn gemini(State(counts): State<Arc<Counts>>, Path(call): Path<String>) -> 
 async fn openai(State(counts): State<Arc<Counts>>, body: Bytes) -> Response {
     counts.openai.fetch_add(1, Ordering::SeqCst);
     let request: Value = serde_json::from_slice(&body).unwrap();
+    if request["model"] == "huge-index" {
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 4294967295u32, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": null}]});
+        let body = format!("data: {chunk}\n\n");
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            body,
+        )
+            .into_response();
+    }
     if request["model"] == "too-small" {
         let error = json!({"error": {"message": "This model's maximum context length is 10 tokens.", "type": "invalid_request_error", "code": "context_length_exceeded"}});
         return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
@@ -467,4 +477,21 @@ async fn an_overloaded_claude_is_retried_on_the_same_target() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "Hello!");
     assert_eq!(fake.counts.anthropic.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_tool_call_index_out_of_range_is_an_upstream_error_not_a_huge_table() {
+    let fake = Fake::start().await;
+    let gateway = Gateway::start(&format!(
+        "[[models]]\nname = \"m\"\ntargets = [{{ provider = \"openai\", base_url = \"{}/v1\", model = \"huge-index\" }}]\n",
+        fake.url
+    ))
+    .await;
+
+    let response = gateway.chat(&common::chat_body("m", false)).await;
+
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tool call number 4294967295"), "{body}");
 }

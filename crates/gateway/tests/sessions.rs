@@ -222,4 +222,21 @@ async fn session_ids_are_validated_and_ended_sessions_close() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 400);
+    // The rest is checked as the chat endpoint checks it, naming the field.
+    for (body, field) in [
+        (json!({ "content": "hi", "n": 64 }), "n"),
+        (json!({ "content": "hi", "max_tokens": -1 }), "max_tokens"),
+        (json!({ "content": "hi", "messages": [] }), "messages"),
+    ] {
+        let refused = http()
+            .post(format!("{}/v1/sessions/fresh/messages", gateway.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{body}");
+        let error: Value = refused.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{field}: {message}");
+    }
 }

@@ -372,7 +372,7 @@ async fn a_client_still_sending_its_request_does_not_hold_the_shutdown() {
         .unwrap();
     // A body announced, asked for (100 Continue: the request is in the gateway's hands)
     // and never sent.
-    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
         .await
         .unwrap();
     let mut head = [0u8; 25];

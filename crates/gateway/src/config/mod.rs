@@ -64,6 +64,56 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// `[topics]`.
     pub topics: TopicsConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[sessions]`.
+    pub sessions: SessionsConfig,
+}
+
+/// `[sessions]`: chat sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// The most earlier messages (user turns and whole answers) sent upstream with a new
+    /// message; older ones stay in the log. Default 40.
+    pub max_history_messages: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            max_history_messages: 40,
+        }
+    }
+}
+
+/// `[limits]`: how much one principal (or everyone) may hold at once. 0 is no limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections open at once, all clients together; past it a new connection gets 503
+    /// with `Retry-After`. Default 10,000.
+    pub max_connections: usize,
+    /// Answers one principal may have generating at once; one more gets 429
+    /// `too_many_streams`. Default 0 (none).
+    pub max_streams_per_principal: usize,
+    /// SSE responses one principal may have open at once; one more gets 429
+    /// `too_many_readers`. Default 0 (none).
+    pub max_readers_per_principal: usize,
+    /// A reader older than this is ended, resumably (it reconnects with `Last-Event-ID`).
+    /// Default 3600 (1 h).
+    pub max_reader_age_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_streams_per_principal: 0,
+            max_readers_per_principal: 0,
+            max_reader_age_s: 3600,
+        }
+    }
 }
 
 /// `[topics]`: the publish/subscribe hub.
@@ -120,6 +170,13 @@ pub struct ServerConfig {
     /// This node's id in leases. Default: kept in `<store.path>.node-id` (SQLite), so a
     /// restarted node knows its own unfinished answers and takes them over at once.
     pub node_id: Option<String>,
+    /// The PEM certificate chain for HTTPS (with `tls_key`); HTTP/2 is offered by ALPN.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for HTTPS (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// Host names accepted in `Host` when auth is off, besides the listen address and
+    /// `localhost` (a page using DNS rebinding names its own host: 421).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +193,9 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             progress_every: 10,
             node_id: None,
+            tls_cert: None,
+            tls_key: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -345,6 +405,12 @@ impl Config {
             return Err(invalid(
                 "server.node_id",
                 "must be 1 to 128 characters, without '/' or spaces",
+            ));
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert",
+                "tls_cert and tls_key go together",
             ));
         }
         if self.server.heartbeat_interval_ms == 0 {

@@ -180,7 +180,7 @@ impl Relay {
                 tally.usage = json!({
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
+                    "total_tokens": prompt_tokens.saturating_add(*completion_tokens),
                 });
                 false
             }

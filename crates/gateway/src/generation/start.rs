@@ -43,6 +43,8 @@ pub struct Start {
     /// request's headers then go out, and heartbeats keep the connection); `None` waits
     /// for the first delta or the failure.
     pub commit_after: Option<Duration>,
+    /// The principal's count of answers generating, held until this one ends.
+    pub hold: Option<crate::limits::Hold>,
 }
 
 /// A started generation's stream.
@@ -69,6 +71,7 @@ pub async fn start(state: &AppState, start: Start) -> Result<Begun, GenerationEr
         body,
         idempotency_key,
         commit_after,
+        hold,
     } = start;
     let id = StreamId::new();
     let live = state.live.insert(id);
@@ -119,6 +122,7 @@ pub async fn start(state: &AppState, start: Start) -> Result<Begun, GenerationEr
             health: Arc::clone(&state.health),
             idempotency_key: idempotency,
             resume: Resume::default(),
+            _hold: hold,
         };
         supervise(&state, generation, started_tx).await;
     };

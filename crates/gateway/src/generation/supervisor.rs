@@ -32,6 +32,9 @@ use crate::signal::Signal;
 
 /// Deltas appended in one batch at most.
 const MAX_BATCH: usize = 64;
+/// Tool calls one answer may make: a larger index from an upstream is a protocol error,
+/// never a table that size (a `stream: false` answer assembles calls by index).
+pub const MAX_TOOL_CALLS: u32 = 128;
 
 /// Everything one generation needs.
 pub struct Generation {
@@ -68,6 +71,8 @@ pub struct Generation {
     pub idempotency_key: Option<String>,
     /// The answer so far, when this writer takes a stream over.
     pub resume: Resume,
+    /// The principal's count of answers generating, released when this one ends.
+    pub _hold: Option<crate::limits::Hold>,
 }
 
 /// The answer a taken-over stream holds already: its writer continues after it.
@@ -508,6 +513,12 @@ impl Batch {
         let mut item = first;
         loop {
             match item {
+                Some(Ok(Delta::ToolCall { index, .. })) if index >= MAX_TOOL_CALLS => {
+                    batch.failure = Some(ProviderError::Protocol(format!(
+                        "the upstream sent tool call number {index}; at most {MAX_TOOL_CALLS} are accepted"
+                    )));
+                    return batch;
+                }
                 Some(Ok(delta)) => batch.deltas.push(delta),
                 Some(Err(error)) => {
                     batch.failure = Some(error);

@@ -206,6 +206,7 @@ async fn take_over_chat(state: AppState, id: StreamId, lease: Lease, live: Arc<c
             takeover: true,
             serving: so_far.serving,
         },
+        _hold: None,
     };
     let (started, _) = oneshot::channel();
     supervise(&state, generation, started).await;

@@ -40,7 +40,10 @@ struct Cursor<R> {
     /// Registered once: polling a fresh `cancelled()` per chunk would lock the token.
     shutdown: Raised,
     ended: bool,
+    /// When the reader has been open for `max_age`; it then ends, resumably.
+    too_old: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     _guard: ReaderGuard,
+    _hold: Option<crate::limits::Hold>,
 }
 
 /// Options of one SSE response.
@@ -53,6 +56,11 @@ pub struct Options {
     pub shutdown: Signal,
     /// Bytes sent right after the `retry:` field (e.g. a `connected` event).
     pub prelude: Vec<u8>,
+    /// The principal's count of open readers, held while the response lives.
+    pub hold: Option<crate::limits::Hold>,
+    /// The body ends after this long, resumably: the client reconnects with its
+    /// `Last-Event-ID` (`[limits] max_reader_age_s`).
+    pub max_age: Option<Duration>,
 }
 
 /// The options of an SSE response on this gateway.
@@ -62,6 +70,9 @@ pub fn options(state: &crate::state::AppState) -> Options {
         heartbeat: state.server.heartbeat_interval(),
         shutdown: state.shutdown.clone(),
         prelude: Vec::new(),
+        hold: None,
+        max_age: (state.limits.max_reader_age_s > 0)
+            .then(|| Duration::from_secs(state.limits.max_reader_age_s)),
     }
 }
 
@@ -89,7 +100,9 @@ pub fn response<R: Render>(
         sent: false,
         shutdown: options.shutdown.raised(),
         ended: false,
+        too_old: options.max_age.map(|age| Box::pin(tokio::time::sleep(age))),
         _guard: guard,
+        _hold: options.hold,
     };
     let events = stream::unfold(cursor, |mut cursor| async move {
         let chunk = cursor.next_chunk().await?;
@@ -114,6 +127,14 @@ pub fn response<R: Render>(
     response
 }
 
+/// Resolves when the reader is too old; never without an age limit.
+async fn aged(too_old: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match too_old {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
 impl<R: Render> Cursor<R> {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.ended {
@@ -124,6 +145,11 @@ impl<R: Render> Cursor<R> {
             tokio::select! {
                 biased;
                 () = &mut self.shutdown => {
+                    self.ended = true;
+                    return None;
+                }
+                () = aged(&mut self.too_old) => {
+                    metrics::counter!("unbroken_readers_aged_out_total").increment(1);
                     self.ended = true;
                     return None;
                 }

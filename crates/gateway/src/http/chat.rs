@@ -23,6 +23,7 @@ use crate::generation::{self, Begun, Start};
 use crate::http::body::{self, STREAM_ID_HEADER};
 use crate::http::extract::body_error;
 use crate::http::render::OpenAiChunks;
+use crate::limits::Held;
 use crate::state::AppState;
 
 /// A validated request.
@@ -67,12 +68,17 @@ pub async fn create(
         body,
         idempotency_key,
         commit_after: call.stream.then(|| state.server.heartbeat_interval()),
+        hold: Some(state.holdings.take(
+            Held::Streams,
+            &principal,
+            state.limits.max_streams_per_principal,
+        )?),
     };
     let (meta, serving) = match generation::start(&state, start).await? {
         Begun::New(meta, serving) => (meta, serving),
         Begun::Existing(meta) => (meta, None),
     };
-    let mut response = answer(&state, meta, &call).await?;
+    let mut response = answer(&state, &principal, meta, &call).await?;
     if let Some(value) = serving.and_then(|name| HeaderValue::from_str(&name).ok()) {
         response.headers_mut().insert(TARGET_HEADER, value);
     }
@@ -83,7 +89,12 @@ pub async fn create(
 pub const TARGET_HEADER: &str = "unbroken-target";
 
 /// Answer as a reader of `meta`'s stream from its start.
-async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<Response, ApiError> {
+async fn answer(
+    state: &AppState,
+    principal: &Principal,
+    meta: StreamMeta,
+    call: &ChatCall,
+) -> Result<Response, ApiError> {
     let guard = state.live.attach(&meta.id);
     let generation::Reading { records, ends_at } = generation::reader(state, &meta, 0).await?;
     if call.stream {
@@ -96,6 +107,11 @@ async fn answer(state: &AppState, meta: StreamMeta, call: &ChatCall) -> Result<R
             call.include_usage,
         );
         let mut options = body::options(state);
+        options.hold = Some(state.holdings.take(
+            Held::Readers,
+            principal,
+            state.limits.max_readers_per_principal,
+        )?);
         options.shutdown = ends_at;
         return Ok(body::response(meta.id, records, render, options, guard));
     }
@@ -161,7 +177,7 @@ async fn assemble(
                 usage = Some(serde_json::json!({
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
+                    "total_tokens": prompt_tokens.saturating_add(completion_tokens),
                 }));
             }
             Record::Finish { reason } => finish = Some(reason),

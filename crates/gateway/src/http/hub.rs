@@ -27,17 +27,39 @@ use crate::http::body;
 use crate::http::extract::{ApiPath, ApiQuery, body_error, last_event_id};
 use crate::http::named;
 use crate::http::render::Events;
+use crate::limits::Held;
 use crate::state::AppState;
 use crate::writers::{find_named_stream, namespace};
 
+/// The body as a JSON object or array; an empty body is `{}` (nothing to say).
 fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
     let body = body.map_err(|rejection| body_error(&rejection, limit))?;
-    if body.is_empty() {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })
+    })?;
+    if !(value.is_object() || value.is_array()) {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// The body as a JSON object (`{}` when empty).
+fn object_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
+    let value = json_body(body, limit)?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        ))
+    }
 }
 
 fn write_error(error: LogError) -> ApiError {
@@ -197,10 +219,28 @@ pub async fn publish(
     };
     let mut records = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let event = item
-            .get("event")
-            .and_then(Value::as_str)
-            .unwrap_or("message");
+        if !item.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                format!("events[{i}] must be an object {{\"event\", \"data\", \"id\"?}}"),
+            ));
+        }
+        let event = match item.get("event") {
+            None => "message",
+            Some(Value::String(event)) => event.as_str(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_event",
+                    format!("events[{i}].event must be a string"),
+                ));
+            }
+        };
+        if item.get("data").is_none_or(Value::is_null) {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                format!("events[{i}].data is required (any JSON but null)"),
+            ));
+        }
         single_line(&format!("events[{i}].event"), event)?;
         let mut data = item.get("data").cloned().unwrap_or(Value::Null);
         if let Some(id) = item.get("id") {
@@ -260,6 +300,11 @@ pub async fn subscribe(
     let (after, reset) =
         named::start(&headers, &meta, otherwise, meta.first_seq.saturating_sub(1))?;
     let mut options = body::options(&state);
+    options.hold = Some(state.holdings.take(
+        Held::Readers,
+        &principal,
+        state.limits.max_readers_per_principal,
+    )?);
     if reset {
         named::reset_event(&mut options.prelude);
     }
@@ -416,7 +461,7 @@ async fn end_task(
     (event, field): (&str, &str),
     end: StreamState,
 ) -> Result<Response, ApiError> {
-    let body = json_body(body, state.server.max_body_bytes)?;
+    let body = object_body(body, state.server.max_body_bytes)?;
     let data = json!({ field: body.get(field).cloned().unwrap_or(Value::Null) });
     let record = Record::Custom {
         event: event.into(),
@@ -472,6 +517,11 @@ pub async fn task_events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let mut options = body::options(&state);
+    options.hold = Some(state.holdings.take(
+        Held::Readers,
+        &principal,
+        state.limits.max_readers_per_principal,
+    )?);
     let _ = sse::write_event(
         &mut options.prelude,
         Some("task_status"),

@@ -16,6 +16,7 @@ pub mod web;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
@@ -69,11 +70,64 @@ pub fn routes(state: AppState) -> Router {
             read_body(request, next, limit, read_timeout)
         }))
         .layer(axum::middleware::from_fn(require_json))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .layer(DefaultBodyLimit::max(limit));
     match cors(&state.server.cors_origins) {
         Some(cors) => router.layer(cors).with_state(state),
         None => router.with_state(state),
     }
+}
+
+/// Without auth, a request must name this gateway in `Host`: `localhost`, a loopback
+/// address, the listen address, or one of `[server] allowed_hosts` (421 otherwise). A web
+/// page that rebinds its own name to 127.0.0.1 (DNS rebinding) still sends its own name,
+/// so it cannot use a keyless local gateway's upstream credit or read its streams.
+async fn check_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.auth_enabled() {
+        return next.run(request).await;
+    }
+    let host = request
+        .uri()
+        .authority()
+        .map(|authority| authority.host().to_owned())
+        .or_else(|| {
+            let value = request.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: axum::http::uri::Authority = value.parse().ok()?;
+            Some(authority.host().to_owned())
+        });
+    match host {
+        Some(host) if host_allowed(&host, &state.server) => next.run(request).await,
+        _ => ApiError::misdirected().into_response(),
+    }
+}
+
+/// Whether `host` (no port; IPv6 in brackets) names this gateway.
+pub fn host_allowed(host: &str, server: &crate::config::ServerConfig) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    if server
+        .allowed_hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(&host))
+    {
+        return true;
+    }
+    let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    else {
+        return false;
+    };
+    let listen = server.listen.ip();
+    // Listening on every interface (allowed without auth only when asked for): any of
+    // the machine's addresses may be the one a client uses.
+    ip.is_loopback() || ip == listen || listen.is_unspecified()
 }
 
 /// A POST with a body must say the body is JSON (415 otherwise). Browsers send

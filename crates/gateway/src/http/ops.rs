@@ -153,6 +153,17 @@ pub fn register_metrics(models: &Models) {
         metrics::Unit::Seconds,
         "from a taken-over stream's lease to its continuation starting"
     );
+    describe_counter!(
+        "unbroken_limited_total",
+        "requests refused by a per-principal limit (what = streams or readers)"
+    );
+    describe_counter!(
+        "unbroken_readers_aged_out_total",
+        "SSE responses ended at [limits] max_reader_age_s (clients resume)"
+    );
+    metrics::counter!("unbroken_limited_total", "what" => "streams").increment(0);
+    metrics::counter!("unbroken_limited_total", "what" => "readers").increment(0);
+    metrics::counter!("unbroken_readers_aged_out_total").increment(0);
     metrics::gauge!("unbroken_active_streams").increment(0.0);
     metrics::counter!("unbroken_takeovers_total").increment(0);
     metrics::gauge!("unbroken_active_readers").increment(0.0);

@@ -174,7 +174,7 @@ impl Render for OpenAiChunks {
                     let _ = write!(
                         out,
                         "],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{completion_tokens},\"total_tokens\":{}}}}}\n\n",
-                        prompt_tokens + completion_tokens
+                        prompt_tokens.saturating_add(completion_tokens)
                     );
                 }
             }

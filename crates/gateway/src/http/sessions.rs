@@ -23,6 +23,7 @@ use crate::http::body;
 use crate::http::extract::{ApiPath, body_error};
 use crate::http::named;
 use crate::http::render::Events;
+use crate::limits::Held;
 use crate::state::AppState;
 use crate::writers::{find_named_stream, namespace};
 
@@ -197,6 +198,11 @@ pub async fn events(
     }
     let records = state.log.read(meta.id, after).await?;
     let mut options = body::options(&state);
+    options.hold = Some(state.holdings.take(
+        Held::Readers,
+        &principal,
+        state.limits.max_readers_per_principal,
+    )?);
     let connected = json!({ "sessionId": id }).to_string();
     let _ = sse::write_event(&mut options.prelude, Some("connected"), None, &connected);
     if reset {
@@ -252,13 +258,33 @@ pub async fn message(
             format!("the model {model_name:?} does not exist"),
         )
     })?;
-    fields.remove("messages");
+    if fields.contains_key("messages") {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "messages: the session keeps the conversation; send only content",
+        ));
+    }
     fields.remove("stream");
+    // The rest of the request is checked as the chat endpoint checks it (`n`, sampling
+    // parameters, their types), with the same errors naming the field.
+    let mut probe = fields.clone();
+    probe.insert("model".into(), Value::String(model_name.clone()));
+    probe.insert(
+        "messages".into(),
+        json!([{ "role": "user", "content": content }]),
+    );
+    crate::http::chat::parse(Value::Object(probe).to_string().as_bytes())?;
     let meta = session(&state, &principal, &id, true).await?;
     let token = acquire(&state, meta.id).await?;
     let started = async {
         let records = records_until(&state, meta.id, meta.last_seq).await?;
         let mut messages = history(&records);
+        // The conversation's latest turns only: a long session keeps fitting the model's
+        // context and its cost stays bounded (the log keeps everything).
+        let keep = state.sessions.max_history_messages;
+        if messages.len() > keep {
+            messages.drain(..messages.len() - keep);
+        }
         messages.push(json!({ "role": "user", "content": content }));
         let mut request_json = Map::new();
         request_json.insert("model".into(), Value::String(model_name.clone()));
@@ -273,6 +299,11 @@ pub async fn message(
             body: Bytes::from(Value::Object(request_json).to_string()),
             idempotency_key: None,
             commit_after: None,
+            hold: Some(state.holdings.take(
+                Held::Streams,
+                &principal,
+                state.limits.max_streams_per_principal,
+            )?),
         };
         match generation::start(&state, start).await? {
             Begun::New(answer, _) | Begun::Existing(answer) => Ok::<_, ApiError>(answer.id),

@@ -21,6 +21,7 @@ use crate::generation::{self, Reading};
 use crate::http::body;
 use crate::http::extract::{ApiPath, ApiQuery, last_event_id};
 use crate::http::render::{Events, OpenAiChunks};
+use crate::limits::Held;
 use crate::state::AppState;
 
 /// Query of a resume.
@@ -114,6 +115,11 @@ pub async fn resume(
     let Reading { records, ends_at } = generation::reader(&state, &meta, from).await?;
     let guard = state.live.attach(&meta.id);
     let mut options = body::options(&state);
+    options.hold = Some(state.holdings.take(
+        Held::Readers,
+        &principal,
+        state.limits.max_readers_per_principal,
+    )?);
     options.shutdown = ends_at;
     Ok(if openai {
         let finished_before = meta.state == StreamState::Finished && after >= meta.last_seq;

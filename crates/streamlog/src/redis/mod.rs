@@ -648,7 +648,16 @@ impl StreamLog for RedisLog {
             if status != "ok" {
                 return Err(refusal(id, 0, &status, &values));
             }
-            number(value_at(&values, 0)?)
+            let first = number(value_at(&values, 0)?)?;
+            // This node's readers must not be served the trimmed records from its tail.
+            // (Another node's tail keeps them until they leave it: it holds only the
+            // newest records, which a trim rarely reaches.)
+            if let Some(tail) = shared.tail(id) {
+                tail.write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .trim(first);
+            }
+            Ok(first)
         })
     }
 
