@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -97,6 +98,58 @@ impl Drop for Hold {
     }
 }
 
+/// Requests per minute per principal: a token bucket of `per_minute` tokens, refilled
+/// continuously, so a burst of up to a minute's worth is allowed and then one request
+/// every `60 / per_minute` seconds.
+#[derive(Debug, Default)]
+pub struct Rates {
+    buckets: Mutex<HashMap<Arc<str>, (f64, Instant)>>,
+}
+
+impl Rates {
+    /// Spend one request of `principal` at `now`, unless its bucket is empty (`per_minute`
+    /// 0: no limit).
+    ///
+    /// # Errors
+    /// 429 `rate_limited` with `Retry-After`: the seconds until a request is allowed.
+    pub fn spend(
+        &self,
+        principal: &Principal,
+        per_minute: u32,
+        now: Instant,
+    ) -> Result<(), ApiError> {
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(per_minute);
+        let per_second = capacity / 60.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        // Full buckets say nothing: forget them, so the map holds only recent callers.
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_second < capacity
+            });
+        }
+        let (tokens, at) = buckets
+            .entry(Arc::from(principal.as_str()))
+            .or_insert((capacity, now));
+        *tokens =
+            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_second).min(capacity);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = ((1.0 - *tokens) / per_second).ceil().max(1.0);
+        metrics::counter!("unbroken_limited_total", "what" => "requests").increment(1);
+        Err(ApiError::rate_limited(
+            "rate_limited",
+            format!("at most {per_minute} requests a minute per principal"),
+            wait as u64,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +174,27 @@ mod tests {
         drop(first);
         assert_eq!(holdings.count(Held::Streams, "alice"), 1);
         assert!(holdings.take(Held::Streams, &alice, 2).is_ok());
+    }
+
+    #[test]
+    fn a_minutes_worth_goes_at_once_then_one_every_few_seconds() {
+        let rates = Rates::default();
+        let alice = Principal::new("alice", Scopes::DEFAULT);
+        let bob = Principal::new("bob", Scopes::DEFAULT);
+        let start = Instant::now();
+        for _ in 0..6 {
+            rates.spend(&alice, 6, start).unwrap();
+        }
+        let refused = rates.spend(&alice, 6, start).unwrap_err();
+        assert_eq!(
+            (refused.code.as_ref(), refused.retry_after),
+            ("rate_limited", Some(10))
+        );
+        assert!(rates.spend(&bob, 6, start).is_ok());
+        // Six a minute: one more every ten seconds.
+        let later = start + std::time::Duration::from_secs(10);
+        assert!(rates.spend(&alice, 6, later).is_ok());
+        assert!(rates.spend(&alice, 6, later).is_err());
+        assert!(rates.spend(&alice, 0, later).is_ok());
     }
 }

@@ -79,6 +79,8 @@ pub struct Shared {
     pub sessions: crate::config::SessionsConfig,
     /// What each principal holds now (answers generating, readers open).
     pub holdings: crate::limits::Holdings,
+    /// Each principal's requests per minute.
+    pub rates: crate::limits::Rates,
 }
 
 impl Shared {
@@ -156,6 +158,7 @@ impl AppState {
             limits: config.limits.clone(),
             sessions: config.sessions.clone(),
             holdings: crate::limits::Holdings::default(),
+            rates: crate::limits::Rates::default(),
             log,
             models,
             keys,

@@ -142,3 +142,32 @@ async fn an_old_reader_is_ended_resumably_and_misses_nothing() {
     let next = resumed.next().await.unwrap();
     assert_eq!(next.data, "1");
 }
+
+#[tokio::test]
+async fn a_principal_may_ask_only_so_many_times_a_minute() {
+    let gateway = Gateway::start(&config(
+        "requests_per_minute = 2\n[[models]]\nname = \"quick\"\ntargets = [{ provider = \"simulator\", tokens = 2 }]",
+    ))
+    .await;
+    let ask = |key: &'static str| {
+        let url = format!("{}/v1/chat/completions", gateway.url);
+        async move {
+            http()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat_body("quick", false))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(ask("alice-key").await.status(), 200);
+    assert_eq!(ask("alice-key").await.status(), 200);
+    let third = ask("alice-key").await;
+    assert_eq!(third.status(), 429);
+    // Two a minute: the next one in 30 s.
+    assert_eq!(third.headers()["retry-after"], "30");
+    let error: Value = third.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "rate_limited");
+    assert_eq!(ask("bob-key").await.status(), 200);
+}

@@ -103,6 +103,9 @@ pub struct LimitsConfig {
     /// A reader older than this is ended, resumably (it reconnects with `Last-Event-ID`).
     /// Default 3600 (1 h).
     pub max_reader_age_s: u64,
+    /// Answers one principal may ask for per minute (a burst of a minute's worth, then
+    /// evenly); one more gets 429 `rate_limited` with `Retry-After`. Default 0 (none).
+    pub requests_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -112,6 +115,7 @@ impl Default for LimitsConfig {
             max_streams_per_principal: 0,
             max_readers_per_principal: 0,
             max_reader_age_s: 3600,
+            requests_per_minute: 0,
         }
     }
 }

@@ -46,6 +46,11 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Chat)?;
+    state.rates.spend(
+        &principal,
+        state.limits.requests_per_minute,
+        std::time::Instant::now(),
+    )?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let call = parse(&body)?;
     let model = state.models.get(&call.model).cloned().ok_or_else(|| {

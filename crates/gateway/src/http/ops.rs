@@ -155,7 +155,7 @@ pub fn register_metrics(models: &Models) {
     );
     describe_counter!(
         "unbroken_limited_total",
-        "requests refused by a per-principal limit (what = streams or readers)"
+        "requests refused by a per-principal limit (what = streams, readers or requests)"
     );
     describe_counter!(
         "unbroken_readers_aged_out_total",
@@ -163,6 +163,7 @@ pub fn register_metrics(models: &Models) {
     );
     metrics::counter!("unbroken_limited_total", "what" => "streams").increment(0);
     metrics::counter!("unbroken_limited_total", "what" => "readers").increment(0);
+    metrics::counter!("unbroken_limited_total", "what" => "requests").increment(0);
     metrics::counter!("unbroken_readers_aged_out_total").increment(0);
     metrics::gauge!("unbroken_active_streams").increment(0.0);
     metrics::counter!("unbroken_takeovers_total").increment(0);

@@ -221,6 +221,11 @@ pub async fn message(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Chat)?;
+    state.rates.spend(
+        &principal,
+        state.limits.requests_per_minute,
+        std::time::Instant::now(),
+    )?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
         return Err(ApiError::bad_request(
