@@ -25,7 +25,7 @@ use futures_util::{Stream, StreamExt};
 use providers::{ChatRequest, Delta, DeltaStream, Provider, ProviderError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Price, ProviderKind, TargetConfig};
+use crate::config::{Price, ProviderKind, RetryRule, TargetConfig};
 
 /// The longest wait before a retry: the backoff's ceiling, and the longest upstream
 /// `Retry-After` the router waits for. A request holds its slot and its client while it
@@ -80,55 +80,6 @@ impl Limits {
                 .collect(),
             breaker_failures: limits.breaker_failures,
             breaker_cooldown: Duration::from_millis(limits.breaker_cooldown_ms),
-        }
-    }
-}
-
-/// A failure `retry_same_target_on` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryRule {
-    /// This HTTP status (`"429"`).
-    Status(u16),
-    /// Every status of this hundred (`"5xx"`: 5).
-    Class(u16),
-    /// No response, first token or next token in time.
-    Timeout,
-    /// The upstream could not be reached.
-    Connect,
-    /// The stream broke before its first token.
-    Interrupted,
-}
-
-impl RetryRule {
-    /// `"429"`, `"5xx"`, `"timeout"`, `"connect"` or `"interrupted"`.
-    pub fn parse(rule: &str) -> Option<Self> {
-        match rule {
-            "timeout" => Some(Self::Timeout),
-            "connect" => Some(Self::Connect),
-            "interrupted" => Some(Self::Interrupted),
-            _ => {
-                let bytes = rule.as_bytes();
-                if bytes.len() == 3 && bytes[1..].eq_ignore_ascii_case(b"xx") {
-                    let class = u16::from(bytes[0].checked_sub(b'0')?);
-                    return (1..=5).contains(&class).then_some(Self::Class(class));
-                }
-                let status: u16 = rule.parse().ok()?;
-                (100..=599)
-                    .contains(&status)
-                    .then_some(Self::Status(status))
-            }
-        }
-    }
-
-    /// Whether `error` is one this rule retries.
-    pub fn matches(self, error: &ProviderError) -> bool {
-        match (self, error) {
-            (Self::Status(want), ProviderError::Status { status, .. }) => *status == want,
-            (Self::Class(class), ProviderError::Status { status, .. }) => *status / 100 == class,
-            (Self::Timeout, ProviderError::Timeout(_)) => true,
-            (Self::Connect, ProviderError::Connect(_)) => true,
-            (Self::Interrupted, ProviderError::Interrupted(_)) => true,
-            _ => false,
         }
     }
 }

@@ -16,7 +16,7 @@ mod targets;
 
 pub use targets::{
     AnthropicTarget, GeminiTarget, LocalTarget, ModelConfig, OpenaiTarget, Price, ProviderConfig,
-    ProviderKind, SHARED_KEYS, SimulatorTarget, TargetConfig, TargetLimits,
+    ProviderKind, RetryRule, SHARED_KEYS, SimulatorTarget, TargetConfig, TargetLimits,
 };
 
 /// Why the configuration was refused. The message names the key.
@@ -291,6 +291,9 @@ pub struct AuthConfig {
     pub jwt: Option<JwtConfig>,
 }
 
+/// The scopes a key may name (`crate::auth::Scope` gives them meaning).
+pub const SCOPES: [&str; 4] = ["chat", "subscribe", "publish", "admin"];
+
 /// `[auth.jwt]`: JSON Web Tokens as bearer credentials. The principal is the token's `sub`,
 /// its scopes its `scope` claim (space-separated). The algorithm comes from here, never
 /// from the token: HS256 with `hs256_secret_env`, or RS256 / ES256 with the keys of
@@ -456,9 +459,7 @@ impl Config {
                 ));
             }
             if let Some(scopes) = &api_key.scopes
-                && let Some(bad) = scopes
-                    .iter()
-                    .find(|s| crate::auth::Scope::parse(s).is_none())
+                && let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str()))
             {
                 return Err(invalid(
                     format!("auth.keys[{k}].scopes"),

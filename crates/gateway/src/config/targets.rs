@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use providers::ProviderError;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -391,7 +392,7 @@ impl TargetConfig {
             }
         }
         for (i, rule) in limits.retry_same_target_on.iter().enumerate() {
-            if crate::router::RetryRule::parse(rule).is_none() {
+            if RetryRule::parse(rule).is_none() {
                 return Err(invalid(
                     format!("{key}.retry_same_target_on[{i}]"),
                     "must be an HTTP status (\"429\"), a class (\"5xx\"), \"timeout\", \
@@ -518,5 +519,54 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A failure `retry_same_target_on` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRule {
+    /// This HTTP status (`"429"`).
+    Status(u16),
+    /// Every status of this hundred (`"5xx"`: 5).
+    Class(u16),
+    /// No response, first token or next token in time.
+    Timeout,
+    /// The upstream could not be reached.
+    Connect,
+    /// The stream broke before its first token.
+    Interrupted,
+}
+
+impl RetryRule {
+    /// `"429"`, `"5xx"`, `"timeout"`, `"connect"` or `"interrupted"`.
+    pub fn parse(rule: &str) -> Option<Self> {
+        match rule {
+            "timeout" => Some(Self::Timeout),
+            "connect" => Some(Self::Connect),
+            "interrupted" => Some(Self::Interrupted),
+            _ => {
+                let bytes = rule.as_bytes();
+                if bytes.len() == 3 && bytes[1..].eq_ignore_ascii_case(b"xx") {
+                    let class = u16::from(bytes[0].checked_sub(b'0')?);
+                    return (1..=5).contains(&class).then_some(Self::Class(class));
+                }
+                let status: u16 = rule.parse().ok()?;
+                (100..=599)
+                    .contains(&status)
+                    .then_some(Self::Status(status))
+            }
+        }
+    }
+
+    /// Whether `error` is one this rule retries.
+    pub fn matches(self, error: &ProviderError) -> bool {
+        match (self, error) {
+            (Self::Status(want), ProviderError::Status { status, .. }) => *status == want,
+            (Self::Class(class), ProviderError::Status { status, .. }) => *status / 100 == class,
+            (Self::Timeout, ProviderError::Timeout(_)) => true,
+            (Self::Connect, ProviderError::Connect(_)) => true,
+            (Self::Interrupted, ProviderError::Interrupted(_)) => true,
+            _ => false,
+        }
     }
 }
