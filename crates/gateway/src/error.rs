@@ -141,6 +141,17 @@ impl ApiError {
         )
     }
 
+    /// 413: one record (an event, a task's progress or result) is over the limit.
+    pub fn record_too_large(index: Option<usize>, limit: usize) -> Self {
+        let what = index.map_or_else(|| "the record".to_owned(), |i| format!("events[{i}]"));
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "record_too_large",
+            format!("{what} is larger than {limit} bytes ([store] max_record_bytes)"),
+        )
+    }
+
     /// 408: the client took too long to send its request body.
     pub fn request_timeout(after: std::time::Duration) -> Self {
         Self::new(

@@ -77,6 +77,8 @@ pub struct Shared {
     pub limits: crate::config::LimitsConfig,
     /// `[sessions]`.
     pub sessions: crate::config::SessionsConfig,
+    /// `[store] max_record_bytes`.
+    pub max_record_bytes: usize,
     /// What each principal holds now (answers generating, readers open).
     pub holdings: crate::limits::Holdings,
     /// Each principal's requests per minute.
@@ -157,6 +159,7 @@ impl AppState {
             ledger: Arc::new(crate::usage::Ledger::new(Arc::clone(&log), node.clone())),
             limits: config.limits.clone(),
             sessions: config.sessions.clone(),
+            max_record_bytes: config.store.max_record_bytes,
             holdings: crate::limits::Holdings::default(),
             rates: crate::limits::Rates::default(),
             log,

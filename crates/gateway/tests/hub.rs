@@ -337,3 +337,45 @@ async fn bodies_that_are_not_objects_are_refused() {
     let done = post(&format!("/v1/tasks/{id}/complete"), "{\"result\": 1}").await;
     assert_eq!(done.status(), 200);
 }
+
+#[tokio::test]
+async fn a_record_over_the_byte_limit_is_refused_whole() {
+    // Right after the harness's own `[store]` table, so it lands in it.
+    let gateway = Gateway::start("max_record_bytes = 1000\n").await;
+    let small = json!({ "event": "note", "data": "x".repeat(500) });
+    let large = json!({ "event": "note", "data": "x".repeat(2000) });
+
+    let refused = publish(&gateway, "big", json!([small.clone(), large])).await;
+    assert_eq!(refused.status(), 413);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "record_too_large");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1]")
+    );
+    // Nothing of a refused publish was written; a small one goes through.
+    let published = publish(&gateway, "big", small).await;
+    assert_eq!(published.status(), 200);
+    let body: Value = published.json().await.unwrap();
+    assert_eq!(body["first"], body["id"]);
+
+    let task: Value = http()
+        .post(format!("{}/v1/tasks", gateway.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["taskId"].as_str().unwrap();
+    let progress = http()
+        .post(format!("{}/v1/tasks/{id}/progress", gateway.url))
+        .json(&json!({ "step": 1, "message": "y".repeat(2000) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(progress.status(), 413);
+}

@@ -256,6 +256,9 @@ pub struct StoreConfig {
     /// With a `rediss://` URL: the PEM file of the authority that signed the server's
     /// certificate, when the system does not trust it already.
     pub tls_ca_file: Option<PathBuf>,
+    /// The largest record a client may write (a published event, a task's progress or
+    /// result), serialised; larger gets 413. Default 1 MiB.
+    pub max_record_bytes: usize,
 }
 
 impl StoreConfig {
@@ -275,6 +278,7 @@ impl Default for StoreConfig {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "unbroken".into(),
             tls_ca_file: None,
+            max_record_bytes: 1 << 20,
         }
     }
 }
@@ -384,6 +388,9 @@ impl Config {
                 "server.request_read_timeout_ms",
                 "must be more than 0",
             ));
+        }
+        if self.store.max_record_bytes == 0 {
+            return Err(invalid("store.max_record_bytes", "must be more than 0"));
         }
         if self.store.lease_ttl_ms < 300 {
             return Err(invalid(

@@ -186,6 +186,16 @@ pub async fn create_topic(
         .into_response())
 }
 
+/// 413 when `record` is over `[store] max_record_bytes`, serialised as stored: every
+/// reader of the stream holds it in memory at some point, and so does the log's tail.
+fn check_size(state: &AppState, record: &Record, index: Option<usize>) -> Result<(), ApiError> {
+    let size = record.to_json().map_or(usize::MAX, |json| json.len());
+    if size > state.max_record_bytes {
+        return Err(ApiError::record_too_large(index, state.max_record_bytes));
+    }
+    Ok(())
+}
+
 /// Whether `principal` is one of `[topics] publishers` (when the list is set).
 fn may_publish(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
     if !state.publishers.is_empty() && !state.publishers.contains(principal.as_str()) {
@@ -251,10 +261,12 @@ pub async fn publish(
             // The stream's own ids (seq) drive resume; the publisher's id travels along.
             data = json!({ "id": id, "data": data });
         }
-        records.push(Record::Custom {
+        let record = Record::Custom {
             event: event.to_owned(),
             data,
-        });
+        };
+        check_size(&state, &record, Some(i))?;
+        records.push(record);
     }
     let count = records.len() as u64;
     let meta = topic(&state, &name, true).await?;
@@ -376,6 +388,7 @@ async fn report(
     record: Record,
     end: Option<StreamState>,
 ) -> Result<Response, ApiError> {
+    check_size(state, &record, None)?;
     let meta = task(state, principal, id).await?;
     if meta.state.is_terminal() {
         return Err(ApiError::conflict(
