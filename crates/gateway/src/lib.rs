@@ -31,6 +31,7 @@ pub mod limits;
 pub mod live;
 pub mod router;
 pub mod signal;
+mod slow;
 pub mod state;
 mod tls;
 pub mod usage;

@@ -98,55 +98,111 @@ impl Drop for Hold {
     }
 }
 
-/// Requests per minute per principal: a token bucket of `per_minute` tokens, refilled
-/// continuously, so a burst of up to a minute's worth is allowed and then one request
-/// every `60 / per_minute` seconds.
-#[derive(Debug, Default)]
+/// A per-minute allowance per principal: a token bucket of `per_minute`, refilled
+/// continuously, so a burst of up to a minute's worth is allowed and then the rest evenly.
+/// One instance counts requests (each costs 1, spent before it is served), another tokens
+/// (spent after an answer, when the upstream has counted them: the balance may go below
+/// zero, and new answers wait until it is positive again).
+#[derive(Debug)]
 pub struct Rates {
+    what: &'static str,
     buckets: Mutex<HashMap<Arc<str>, (f64, Instant)>>,
 }
 
 impl Rates {
-    /// Spend one request of `principal` at `now`, unless its bucket is empty (`per_minute`
-    /// 0: no limit).
+    /// Buckets of requests.
+    pub fn requests() -> Self {
+        Self::new("requests")
+    }
+
+    /// Buckets of tokens.
+    pub fn tokens() -> Self {
+        Self::new("tokens")
+    }
+
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refill `principal`'s bucket to `now`, then apply `f` to its balance.
+    fn with<T>(
+        &self,
+        principal: &str,
+        per_minute: u64,
+        now: Instant,
+        f: impl FnOnce(&mut f64) -> T,
+    ) -> T {
+        let capacity = per_minute as f64;
+        let per_second = capacity / 60.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        // Full buckets say nothing: forget them, so the map holds only recent callers.
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, (balance, at)| {
+                *balance + now.saturating_duration_since(*at).as_secs_f64() * per_second < capacity
+            });
+        }
+        let (balance, at) = buckets
+            .entry(Arc::from(principal))
+            .or_insert((capacity, now));
+        *balance = (*balance + now.saturating_duration_since(*at).as_secs_f64() * per_second)
+            .min(capacity);
+        *at = now;
+        f(balance)
+    }
+
+    /// Whether `principal` may start something at `now`: its balance is at least one
+    /// (`per_minute` 0: no limit). With `spend`, one is spent.
     ///
     /// # Errors
-    /// 429 `rate_limited` with `Retry-After`: the seconds until a request is allowed.
-    pub fn spend(
+    /// 429 (`rate_limited` for requests, `tokens_rate_limited` for tokens) with
+    /// `Retry-After`: the seconds until the balance is one again.
+    pub fn admit(
         &self,
         principal: &Principal,
-        per_minute: u32,
+        per_minute: u64,
+        spend: bool,
         now: Instant,
     ) -> Result<(), ApiError> {
         if per_minute == 0 {
             return Ok(());
         }
-        let capacity = f64::from(per_minute);
-        let per_second = capacity / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        // Full buckets say nothing: forget them, so the map holds only recent callers.
-        if buckets.len() > 10_000 {
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_second < capacity
-            });
-        }
-        let (tokens, at) = buckets
-            .entry(Arc::from(principal.as_str()))
-            .or_insert((capacity, now));
-        *tokens =
-            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_second).min(capacity);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let per_second = per_minute as f64 / 60.0;
+        let wait = self.with(principal.as_str(), per_minute, now, |balance| {
+            if *balance >= 1.0 {
+                if spend {
+                    *balance -= 1.0;
+                }
+                return None;
+            }
+            Some(((1.0 - *balance) / per_second).ceil().max(1.0) as u64)
+        });
+        let Some(wait) = wait else {
             return Ok(());
-        }
-        let wait = ((1.0 - *tokens) / per_second).ceil().max(1.0);
-        metrics::counter!("unbroken_limited_total", "what" => "requests").increment(1);
+        };
+        metrics::counter!("unbroken_limited_total", "what" => self.what).increment(1);
+        let code = if self.what == "tokens" {
+            "tokens_rate_limited"
+        } else {
+            "rate_limited"
+        };
         Err(ApiError::rate_limited(
-            "rate_limited",
-            format!("at most {per_minute} requests a minute per principal"),
-            wait as u64,
+            code,
+            format!("at most {per_minute} {} a minute per principal", self.what),
+            wait,
         ))
+    }
+
+    /// Spend `amount` of `principal`'s balance at `now`, below zero if need be.
+    pub fn charge(&self, principal: &str, per_minute: u64, amount: u64, now: Instant) {
+        if per_minute == 0 || amount == 0 {
+            return;
+        }
+        self.with(principal, per_minute, now, |balance| {
+            *balance -= amount as f64;
+        });
     }
 }
 
@@ -178,23 +234,41 @@ mod tests {
 
     #[test]
     fn a_minutes_worth_goes_at_once_then_one_every_few_seconds() {
-        let rates = Rates::default();
+        let rates = Rates::requests();
         let alice = Principal::new("alice", Scopes::DEFAULT);
         let bob = Principal::new("bob", Scopes::DEFAULT);
         let start = Instant::now();
         for _ in 0..6 {
-            rates.spend(&alice, 6, start).unwrap();
+            rates.admit(&alice, 6, true, start).unwrap();
         }
-        let refused = rates.spend(&alice, 6, start).unwrap_err();
+        let refused = rates.admit(&alice, 6, true, start).unwrap_err();
         assert_eq!(
             (refused.code.as_ref(), refused.retry_after),
             ("rate_limited", Some(10))
         );
-        assert!(rates.spend(&bob, 6, start).is_ok());
+        assert!(rates.admit(&bob, 6, true, start).is_ok());
         // Six a minute: one more every ten seconds.
         let later = start + std::time::Duration::from_secs(10);
-        assert!(rates.spend(&alice, 6, later).is_ok());
-        assert!(rates.spend(&alice, 6, later).is_err());
-        assert!(rates.spend(&alice, 0, later).is_ok());
+        assert!(rates.admit(&alice, 6, true, later).is_ok());
+        assert!(rates.admit(&alice, 6, true, later).is_err());
+        assert!(rates.admit(&alice, 0, true, later).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_charged_after_the_answer_and_debt_waits_to_drain() {
+        let tokens = Rates::tokens();
+        let alice = Principal::new("alice", Scopes::DEFAULT);
+        let start = Instant::now();
+        // Admitting spends nothing; the answer's 1,500 tokens put alice 500 in debt.
+        tokens.admit(&alice, 1_000, false, start).unwrap();
+        tokens.charge("alice", 1_000, 1_500, start);
+        let refused = tokens.admit(&alice, 1_000, false, start).unwrap_err();
+        // 501 tokens at 1,000 a minute: 31 s.
+        assert_eq!(
+            (refused.code.as_ref(), refused.retry_after),
+            ("tokens_rate_limited", Some(31))
+        );
+        let later = start + std::time::Duration::from_secs(31);
+        assert!(tokens.admit(&alice, 1_000, false, later).is_ok());
     }
 }

@@ -14,7 +14,9 @@ use streamlog::StreamLog;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Keys, Principal};
-use crate::config::{Config, ProviderConfig, ServerConfig, StoreConfig, StoreKind, TargetConfig};
+use crate::config::{
+    Config, ProviderConfig, ServerConfig, StoreConfig, StoreKind, SyncMode, TargetConfig,
+};
 use crate::live::LiveStreams;
 use crate::router::{Limits, Model, Models, Target};
 use crate::signal::Signal;
@@ -77,6 +79,8 @@ pub struct Shared {
     pub limits: crate::config::LimitsConfig,
     /// `[sessions]`.
     pub sessions: crate::config::SessionsConfig,
+    /// `[tasks]`.
+    pub task_limits: crate::config::TasksConfig,
     /// `[store] max_record_bytes`.
     pub max_record_bytes: usize,
     /// What each principal holds now (answers generating, readers open).
@@ -156,12 +160,16 @@ impl AppState {
         let node = format!("{node_id}/{}", streamlog::StreamId::new());
         Self(Arc::new(Shared {
             server: config.server.clone(),
-            ledger: Arc::new(crate::usage::Ledger::new(Arc::clone(&log), node.clone())),
+            ledger: Arc::new(
+                crate::usage::Ledger::new(Arc::clone(&log), node.clone())
+                    .with_tokens_per_minute(config.limits.tokens_per_minute),
+            ),
             limits: config.limits.clone(),
             sessions: config.sessions.clone(),
+            task_limits: config.tasks.clone(),
             max_record_bytes: config.store.max_record_bytes,
             holdings: crate::limits::Holdings::default(),
-            rates: crate::limits::Rates::default(),
+            rates: crate::limits::Rates::requests(),
             log,
             models,
             keys,
@@ -304,6 +312,10 @@ pub fn open_log(config: &StoreConfig) -> Result<Arc<dyn StreamLog>, String> {
             }
             let mut sqlite = streamlog::SqliteConfig::new(&config.path);
             sqlite.stream_ttl = ttl;
+            sqlite.synchronous = match config.synchronous {
+                SyncMode::Normal => streamlog::Synchronous::Normal,
+                SyncMode::Full => streamlog::Synchronous::Full,
+            };
             let log = streamlog::SqliteLog::open(sqlite, clock)
                 .map_err(|e| format!("store.path {}: {e}", config.path.display()))?;
             Ok(Arc::new(log))

@@ -4,17 +4,21 @@
 //!
 //! An answer's [`Entry`] is appended once it ended, off its path to the client. A query
 //! reads the days it spans (at most [`MAX_DAYS`]) and sums per model, target or
-//! principal. Tokens are the upstream's (what was paid: a continuation's prompt counts),
+//! principal. It also keeps each principal's tokens of the last minute in this process
+//! (`[limits] tokens_per_minute`), charged when an answer ends. Tokens are the upstream's (what was paid: a continuation's prompt counts),
 //! `requests` counts upstream requests, failed ones included.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use streamlog::{LogError, Record, StreamKind, StreamLog, UpstreamRequest};
 
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::limits::Rates;
 use crate::writers::{Writers, find_named_stream, named_stream, namespace};
 
 /// The longest span one query may cover, in days.
@@ -68,6 +72,9 @@ pub struct Ledger {
     log: Arc<dyn StreamLog>,
     node: String,
     writers: Writers,
+    /// Each principal's tokens this minute (`[limits] tokens_per_minute`, this process).
+    tokens: Rates,
+    tokens_per_minute: u64,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -84,7 +91,39 @@ impl Ledger {
             log,
             node,
             writers: Writers::default(),
+            tokens: Rates::tokens(),
+            tokens_per_minute: 0,
         }
+    }
+
+    /// Limit each principal to `per_minute` tokens (0: no limit).
+    #[must_use]
+    pub fn with_tokens_per_minute(mut self, per_minute: u64) -> Self {
+        self.tokens_per_minute = per_minute;
+        self
+    }
+
+    /// Whether `principal` may start an answer: it has tokens left this minute.
+    ///
+    /// # Errors
+    /// 429 `tokens_rate_limited` with `Retry-After`.
+    pub fn admit(&self, principal: &Principal) -> Result<(), ApiError> {
+        self.tokens
+            .admit(principal, self.tokens_per_minute, false, Instant::now())
+    }
+
+    /// Charge the tokens of `entry`'s upstream requests to its principal's minute.
+    pub fn charge(&self, entry: &Entry) {
+        let tokens = entry.requests.iter().fold(0_u64, |sum, request| {
+            sum.saturating_add(request.prompt_tokens)
+                .saturating_add(request.completion_tokens)
+        });
+        self.tokens.charge(
+            &entry.principal,
+            self.tokens_per_minute,
+            tokens,
+            Instant::now(),
+        );
     }
 
     /// Append `entry` to its day.

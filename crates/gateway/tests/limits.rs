@@ -171,3 +171,62 @@ async fn a_principal_may_ask_only_so_many_times_a_minute() {
     assert_eq!(error["error"]["code"], "rate_limited");
     assert_eq!(ask("bob-key").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_principal_may_spend_only_so_many_tokens_a_minute() {
+    let gateway = Gateway::start(&config(
+        "tokens_per_minute = 30\n[[models]]\nname = \"quick\"\ntargets = [{ provider = \"simulator\", tokens = 40 }]",
+    ))
+    .await;
+    let ask = |key: &'static str| {
+        let url = format!("{}/v1/chat/completions", gateway.url);
+        async move {
+            http()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat_body("quick", false))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The first answer is admitted with 30 tokens left and spends more than 40.
+    let first = ask("alice-key").await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let spent = first["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(spent > 40, "{first}");
+    gateway.settle().await;
+    let refused = ask("alice-key").await;
+    assert_eq!(refused.status(), 429);
+    // In debt by spent - 30; at 30 a minute, one token back takes 2 s each.
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (2 * (spent - 30)..=2 * (spent - 30) + 2).contains(&wait),
+        "{wait}"
+    );
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "tokens_rate_limited");
+    assert_eq!(ask("bob-key").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_of_too_many_json_values_is_refused_before_it_is_parsed() {
+    let gateway = Gateway::start(&config("")).await;
+    let messages = vec![json!({"role": "user", "content": "x"}); 30_000];
+    let body = json!({"model": "slow", "messages": messages});
+    let refused = http()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth("alice-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "request_too_complex");
+}

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
 mod targets;
+
+pub use limits::{LimitsConfig, SessionsConfig, TasksConfig, TopicsConfig};
 
 pub use targets::{
     AnthropicTarget, GeminiTarget, LocalTarget, ModelConfig, OpenaiTarget, Price, ProviderConfig,
@@ -68,81 +71,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[sessions]`.
     pub sessions: SessionsConfig,
-}
-
-/// `[sessions]`: chat sessions.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionsConfig {
-    /// The most earlier messages (user turns and whole answers) sent upstream with a new
-    /// message; older ones stay in the log. Default 40.
-    pub max_history_messages: usize,
-}
-
-impl Default for SessionsConfig {
-    fn default() -> Self {
-        Self {
-            max_history_messages: 40,
-        }
-    }
-}
-
-/// `[limits]`: how much one principal (or everyone) may hold at once. 0 is no limit.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Connections open at once, all clients together; past it a new connection gets 503
-    /// with `Retry-After`. Default 10,000.
-    pub max_connections: usize,
-    /// Answers one principal may have generating at once; one more gets 429
-    /// `too_many_streams`. Default 0 (none).
-    pub max_streams_per_principal: usize,
-    /// SSE responses one principal may have open at once; one more gets 429
-    /// `too_many_readers`. Default 0 (none).
-    pub max_readers_per_principal: usize,
-    /// A reader older than this is ended, resumably (it reconnects with `Last-Event-ID`).
-    /// Default 3600 (1 h).
-    pub max_reader_age_s: u64,
-    /// Answers one principal may ask for per minute (a burst of a minute's worth, then
-    /// evenly); one more gets 429 `rate_limited` with `Retry-After`. Default 0 (none).
-    pub requests_per_minute: u32,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_connections: 10_000,
-            max_streams_per_principal: 0,
-            max_readers_per_principal: 0,
-            max_reader_age_s: 3600,
-            requests_per_minute: 0,
-        }
-    }
-}
-
-/// `[topics]`: the publish/subscribe hub.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TopicsConfig {
-    /// Principals allowed to publish; empty (default): every principal may.
-    pub publishers: Vec<String>,
-    /// A topic keeps at most this many events (the oldest go first). Default 10,000.
-    pub max_events: u64,
-    /// A topic keeps events at most this long, in seconds. Default 24 h.
-    pub max_age_s: u64,
-    /// How often retention runs, in milliseconds. Default 10 s.
-    pub retention_interval_ms: u64,
-}
-
-impl Default for TopicsConfig {
-    fn default() -> Self {
-        Self {
-            publishers: Vec::new(),
-            max_events: 10_000,
-            max_age_s: 24 * 60 * 60,
-            retention_interval_ms: 10_000,
-        }
-    }
+    /// `[tasks]`.
+    pub tasks: TasksConfig,
 }
 
 /// `[server]`: the listener and stream behaviour.
@@ -259,6 +189,25 @@ pub struct StoreConfig {
     /// The largest record a client may write (a published event, a task's progress or
     /// result), serialised; larger gets 413. Default 1 MiB.
     pub max_record_bytes: usize,
+    /// SQLite: `normal` (default: an acknowledged append survives the gateway's crash, not
+    /// always a power loss) or `full` (it survives a power loss too; each commit waits for
+    /// the disk).
+    pub synchronous: SyncMode,
+    /// Memory: the bytes of records kept; past it the oldest ended streams are deleted
+    /// first, and new streams are refused (503 `store_full`) while open ones alone fill
+    /// it. Default 1 GiB.
+    pub memory_max_bytes: u64,
+}
+
+/// `[store] synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Survives a crash of the process.
+    #[default]
+    Normal,
+    /// Survives a power loss.
+    Full,
 }
 
 impl StoreConfig {
@@ -279,6 +228,8 @@ impl Default for StoreConfig {
             prefix: "unbroken".into(),
             tls_ca_file: None,
             max_record_bytes: 1 << 20,
+            synchronous: SyncMode::Normal,
+            memory_max_bytes: 1 << 30,
         }
     }
 }

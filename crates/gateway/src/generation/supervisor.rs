@@ -401,6 +401,7 @@ impl Generation {
             stream: self.id.to_string(),
             requests,
         };
+        self.ledger.charge(&entry);
         let ledger = Arc::clone(&self.ledger);
         self.tasks.spawn(async move {
             if let Err(error) = ledger.record(&entry).await {

@@ -46,11 +46,13 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Chat)?;
-    state.rates.spend(
+    state.rates.admit(
         &principal,
-        state.limits.requests_per_minute,
+        state.limits.requests_per_minute.into(),
+        true,
         std::time::Instant::now(),
     )?;
+    state.ledger.admit(&principal)?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let call = parse(&body)?;
     let model = state.models.get(&call.model).cloned().ok_or_else(|| {
@@ -246,6 +248,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// # Errors
 /// 400 `invalid_json` or `invalid_request` naming the field.
 pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
+    crate::http::budget::check(body)?;
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
     })?;

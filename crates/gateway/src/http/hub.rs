@@ -37,6 +37,7 @@ fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value,
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
+    crate::http::budget::check(&body)?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
     })?;

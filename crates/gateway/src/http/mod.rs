@@ -2,6 +2,7 @@
 //! events. Handlers validate and delegate; the generation itself runs in the supervisor.
 
 pub mod body;
+pub mod budget;
 pub mod chat;
 pub mod extract;
 pub mod hub;

@@ -102,6 +102,7 @@ pub async fn create(
                 "the body must be empty or {\"sessionId\": \"…\"}",
             )
         };
+        crate::http::budget::check(&body)?;
         let value: Value = serde_json::from_slice(&body).map_err(|_| invalid())?;
         let Value::Object(mut fields) = value else {
             return Err(invalid());
@@ -221,12 +222,15 @@ pub async fn message(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Chat)?;
-    state.rates.spend(
+    state.rates.admit(
         &principal,
-        state.limits.requests_per_minute,
+        state.limits.requests_per_minute.into(),
+        true,
         std::time::Instant::now(),
     )?;
+    state.ledger.admit(&principal)?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
+    crate::http::budget::check(&body)?;
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
         return Err(ApiError::bad_request(
             "invalid_json",
