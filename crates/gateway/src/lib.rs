@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod http;
+pub mod idle;
 pub mod limits;
 pub mod live;
 pub mod router;
@@ -75,6 +76,7 @@ pub async fn run(
     ));
     housekeeping.spawn(http::hub::retention(state.clone(), state.shutdown.clone()));
     housekeeping.spawn(generation::scan_periodically(state.clone()));
+    housekeeping.spawn(idle::sweep_periodically(state.clone(), state.shutdown.clone()));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: draining answers in flight, closing other readers");

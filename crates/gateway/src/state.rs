@@ -302,7 +302,11 @@ pub fn open_log(config: &StoreConfig) -> Result<Arc<dyn StreamLog>, String> {
     let clock: Arc<dyn streamlog::Clock> = Arc::new(streamlog::SystemClock);
     let ttl = Duration::from_secs(config.stream_ttl_s);
     match config.kind {
-        StoreKind::Memory => Ok(Arc::new(streamlog::MemoryLog::with_ttl(clock, ttl))),
+        StoreKind::Memory => Ok(Arc::new(streamlog::MemoryLog::with_budget(
+            clock,
+            ttl,
+            config.memory_max_bytes,
+        ))),
         StoreKind::Sqlite => {
             if let Some(parent) = config.path.parent()
                 && !parent.as_os_str().is_empty()

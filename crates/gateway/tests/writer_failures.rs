@@ -86,6 +86,12 @@ impl StreamLog for FailingLog {
     fn leased_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<(StreamId, Lease)>> {
         self.inner.leased_streams(kind)
     }
+    fn open_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<StreamMeta>> {
+        self.inner.open_streams(kind)
+    }
+    fn count_open(&self, owner: String, kind: StreamKind) -> LogFuture<'_, u64> {
+        self.inner.count_open(owner, kind)
+    }
     fn renew_lease(
         &self,
         id: StreamId,

@@ -9,6 +9,12 @@
 //! them are skipped: the backend answers a fetch with the seq the trim deleted through,
 //! and the reader moves its position there and continues with the first kept record. It
 //! never goes back, so a trim under a live reader can make it skip, never repeat.
+//!
+//! Memory a reader or a stream pins is bounded in bytes as well as in records: a fetched
+//! chunk holds at most [`FETCH_CHUNK`] records and [`FETCH_BYTES`] bytes ([`ChunkBudget`];
+//! at least one record, so a record larger than that still goes through, alone), and a
+//! [`Tail`] keeps at most its capacity in records and its byte bound (always at least
+//! the newest record). Sizes are the records' stored JSON lengths.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +29,33 @@ use crate::{LogFuture, RecordStream};
 
 /// Records a reader fetches at most per round trip to the backend.
 pub(crate) const FETCH_CHUNK: u64 = 512;
+
+/// Bytes (of stored JSON) a reader fetches at most per round trip, unless one record
+/// alone is larger: 256 KiB.
+pub(crate) const FETCH_BYTES: usize = 256 * 1024;
+
+/// Counts what a fetched chunk holds, so every backend cuts chunks by the same rule: at
+/// most [`FETCH_CHUNK`] records and [`FETCH_BYTES`] bytes, and always the first record.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkBudget {
+    records: u64,
+    bytes: usize,
+}
+
+impl ChunkBudget {
+    /// Whether the next record, of `size` bytes, still belongs in the chunk; it is
+    /// counted if so.
+    pub fn admit(&mut self, size: usize) -> bool {
+        if self.records > 0
+            && (self.records >= FETCH_CHUNK || self.bytes.saturating_add(size) > FETCH_BYTES)
+        {
+            return false;
+        }
+        self.records += 1;
+        self.bytes = self.bytes.saturating_add(size);
+        true
+    }
+}
 
 /// What a reader needs to know about the end of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,8 +78,8 @@ pub(crate) struct Chunk {
 
 /// A backend's way to fetch committed records.
 pub(crate) trait Fetch: Send + Sync + 'static {
-    /// The records with seq in `(after', upto]`, in order, at most [`FETCH_CHUNK`] of
-    /// them, where `after'` is `after` or, if the records after it were trimmed, the
+    /// The records with seq in `(after', upto]`, in order, as many as a [`ChunkBudget`]
+    /// admits, where `after'` is `after` or, if the records after it were trimmed, the
     /// last trimmed seq (`first_seq - 1`; it may exceed `upto`, never the committed last
     /// seq). Fewer records than asked (but at least one) is fine; none without a skip
     /// means they are gone.
@@ -162,13 +195,16 @@ impl Cursor {
     }
 }
 
-/// The last records of an open stream, kept in memory for live readers.
+/// The last records of an open stream, kept in memory for live readers, each with its
+/// size (stored JSON bytes).
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
     /// The seq the next pushed record must have.
     next: Seq,
-    /// Records `next - len .. next`.
-    records: VecDeque<Record>,
+    /// Records `next - len .. next`, with their sizes.
+    records: VecDeque<(Record, usize)>,
+    /// The sum of the sizes of `records`.
+    bytes: usize,
     /// The stream's records up to this seq were trimmed (`first_seq - 1`), as far as
     /// the tail has been told.
     trimmed: Seq,
@@ -180,12 +216,26 @@ impl Tail {
         self.next
     }
 
+    /// The bytes the tail's records take (their stored JSON sizes).
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// An empty tail whose next record is `next`.
     pub fn starting_at(next: Seq) -> Self {
         Self {
             next,
             records: VecDeque::new(),
+            bytes: 0,
             trimmed: 0,
+        }
+    }
+
+    /// Drop the `n` oldest records.
+    fn drop_front(&mut self, n: usize) {
+        for (_, size) in self.records.drain(..n.min(self.records.len())) {
+            self.bytes -= size;
         }
     }
 
@@ -195,30 +245,39 @@ impl Tail {
         self.trimmed = self.trimmed.max(first_seq.saturating_sub(1));
         let first = self.next - self.records.len() as u64;
         let gone = self.trimmed.saturating_add(1).saturating_sub(first);
-        let gone = usize::try_from(gone).map_or(self.records.len(), |g| g.min(self.records.len()));
-        self.records.drain(..gone);
+        self.drop_front(usize::try_from(gone).unwrap_or(usize::MAX));
     }
 
-    /// Add committed records starting at seq `first`; keep at most `capacity`.
-    pub fn push(&mut self, first: Seq, records: impl IntoIterator<Item = Record>, capacity: usize) {
+    /// Add committed records starting at seq `first`, each with its size; keep at most
+    /// `capacity` records and `max_bytes` bytes, but always the newest record (readers
+    /// further behind read from the store).
+    pub fn push(
+        &mut self,
+        first: Seq,
+        records: impl IntoIterator<Item = (Record, usize)>,
+        capacity: usize,
+        max_bytes: usize,
+    ) {
         if first > self.next {
-            // Records between are only in the database; the tail restarts here.
-            self.records.clear();
+            // Records between are only in the store; the tail restarts here.
+            self.drop_front(self.records.len());
             self.next = first;
         }
-        for (seq, record) in (first..).zip(records) {
+        for (seq, (record, size)) in (first..).zip(records) {
             if seq == self.next {
-                self.records.push_back(record);
+                self.records.push_back((record, size));
+                self.bytes += size;
                 self.next += 1;
             }
         }
-        while self.records.len() > capacity {
-            self.records.pop_front();
+        self.drop_front(self.records.len().saturating_sub(capacity));
+        while self.bytes > max_bytes && self.records.len() > 1 {
+            self.drop_front(1);
         }
     }
 
-    /// Records in `(after, upto]` (after skipping trimmed ones) if the tail holds the
-    /// first of them.
+    /// Records in `(after, upto]` (after skipping trimmed ones), as many as a
+    /// [`ChunkBudget`] admits, if the tail holds the first of them.
     pub fn get(&self, after: Seq, upto: Seq) -> Option<Chunk> {
         let after = after.max(self.trimmed);
         if after >= upto {
@@ -232,13 +291,16 @@ impl Tail {
         if after + 1 < first || after + 1 >= self.next {
             return None;
         }
-        let end = upto.min(self.next - 1).min(after + FETCH_CHUNK);
-        let start = (after + 1 - first) as usize;
-        let len = (end - after) as usize;
+        let end = upto.min(self.next - 1);
+        let start = usize::try_from(after + 1 - first).ok()?;
+        let len = usize::try_from(end - after).ok()?;
+        let mut budget = ChunkBudget::default();
         Some(Chunk {
             after,
-            records: (after + 1..=end)
-                .zip(self.records.range(start..start + len).cloned())
+            records: (after + 1..)
+                .zip(self.records.range(start..start + len))
+                .take_while(|(_, (_, size))| budget.admit(*size))
+                .map(|(seq, (record, _))| (seq, record.clone()))
                 .collect(),
         })
     }
@@ -254,11 +316,25 @@ mod tests {
         }
     }
 
+    /// Record `seq`, counted as 10 bytes.
+    fn sized(seq: u64) -> (Record, usize) {
+        (text(seq), 10)
+    }
+
+    /// A record of `size` bytes of text, with its stored size.
+    fn large(size: usize) -> (Record, usize) {
+        let record = Record::Text {
+            text: "x".repeat(size),
+        };
+        let len = record.json_len();
+        (record, len)
+    }
+
     #[test]
     fn tail_serves_what_it_holds_and_trims() {
         let get = |tail: &Tail, after, upto| tail.get(after, upto).map(|c| c.records);
         let mut tail = Tail::starting_at(1);
-        tail.push(1, (1..=5).map(text), 3);
+        tail.push(1, (1..=5).map(sized), 3, usize::MAX);
         // Holds 3, 4, 5.
         assert!(tail.get(0, 5).is_none());
         assert!(tail.get(1, 5).is_none());
@@ -267,9 +343,9 @@ mod tests {
         assert_eq!(get(&tail, 3, 4).unwrap(), vec![(4, text(4))]);
         assert!(tail.get(5, 9).is_none());
         // Duplicates are skipped, a gap restarts the tail.
-        tail.push(4, (4..=6).map(text), 3);
+        tail.push(4, (4..=6).map(sized), 3, usize::MAX);
         assert_eq!(get(&tail, 5, 6).unwrap(), vec![(6, text(6))]);
-        tail.push(9, (9..=9).map(text), 3);
+        tail.push(9, (9..=9).map(sized), 3, usize::MAX);
         assert!(tail.get(6, 9).is_none());
         assert_eq!(get(&tail, 8, 9).unwrap(), vec![(9, text(9))]);
     }
@@ -277,7 +353,7 @@ mod tests {
     #[test]
     fn tail_skips_trimmed_records() {
         let mut tail = Tail::starting_at(1);
-        tail.push(1, (1..=6).map(text), 10);
+        tail.push(1, (1..=6).map(sized), 10, usize::MAX);
         tail.trim(4);
         // Asking from before the trim skips to seq 4.
         let chunk = tail.get(0, 6).unwrap();
@@ -299,7 +375,56 @@ mod tests {
         assert_eq!(tail.records.len(), 0);
         let chunk = tail.get(0, 6).unwrap();
         assert_eq!((chunk.after, chunk.records.len()), (6, 0));
-        tail.push(7, [text(7)], 10);
+        tail.push(7, [sized(7)], 10, usize::MAX);
         assert_eq!(tail.get(0, 7).unwrap().records, vec![(7, text(7))]);
+    }
+
+    #[test]
+    fn tail_is_bounded_in_bytes_and_keeps_the_newest_record() {
+        let mut tail = Tail::starting_at(1);
+        // Ten records of 10 bytes within 35 bytes: the newest three stay.
+        tail.push(1, (1..=10).map(sized), 100, 35);
+        assert_eq!(tail.bytes(), 30);
+        assert!(tail.get(6, 10).is_none());
+        assert_eq!(tail.get(7, 10).unwrap().records.len(), 3);
+        // A record over the bound alone: it stays, alone.
+        tail.push(11, [large(100)], 100, 35);
+        assert!(tail.get(9, 11).is_none());
+        assert_eq!(tail.get(10, 11).unwrap().records.len(), 1);
+        assert!(tail.bytes() > 100);
+        tail.push(12, [sized(12)], 100, 35);
+        assert_eq!(tail.bytes(), 10);
+        // A trim keeps the count right.
+        tail.push(13, (13..=14).map(sized), 100, 35);
+        tail.trim(14);
+        assert_eq!(tail.bytes(), 10);
+        // A gap restarts the tail.
+        tail.push(20, [sized(20)], 100, 35);
+        assert_eq!(tail.bytes(), 10);
+    }
+
+    #[test]
+    fn chunks_are_bounded_in_records_and_bytes() {
+        let mut budget = ChunkBudget::default();
+        // The first record always goes, however large.
+        assert!(budget.admit(FETCH_BYTES * 4));
+        assert!(!budget.admit(1));
+        let mut budget = ChunkBudget::default();
+        let half = FETCH_BYTES / 2;
+        assert!(budget.admit(half) && budget.admit(half));
+        assert!(!budget.admit(1));
+        let mut budget = ChunkBudget::default();
+        let admitted = (0..FETCH_CHUNK * 2).take_while(|_| budget.admit(1)).count();
+        assert_eq!(admitted as u64, FETCH_CHUNK);
+
+        // A tail cuts its chunks by the same rule.
+        let mut tail = Tail::starting_at(1);
+        let size = FETCH_BYTES / 3;
+        tail.push(1, (1..=7).map(|_| large(size)), 100, usize::MAX);
+        let chunk = tail.get(0, 7).unwrap();
+        assert_eq!(chunk.records.len(), 2);
+        assert_eq!(chunk.records[0].0, 1);
+        let chunk = tail.get(6, 7).unwrap();
+        assert_eq!(chunk.records.len(), 1);
     }
 }

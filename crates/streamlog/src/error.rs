@@ -61,6 +61,12 @@ pub enum LogError {
     /// stream as cancelled (its next write goes through).
     #[error("stream {0}: cancel requested")]
     CancelRequested(StreamId),
+    /// `create` refused: the store's byte budget is spent by open streams alone (every
+    /// ended stream it could evict is gone already). Open streams are never evicted and
+    /// their appends never refused, so this clears as they end; the HTTP layer answers
+    /// 503. Only a log with a byte budget ([`crate::MemoryLog::with_budget`]) says it.
+    #[error("the store's byte budget is spent by open streams")]
+    Full,
     /// The storage engine failed (I/O error, disk full, database locked …).
     #[error("storage error: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -68,10 +74,11 @@ pub enum LogError {
 
 impl LogError {
     /// Whether the same call may succeed if tried again later. Storage failures are
-    /// (they are usually transient: busy, I/O hiccup); every other error describes the
-    /// state of the stream or the caller's mistake and will not change by retrying.
+    /// (they are usually transient: busy, I/O hiccup), and so is [`LogError::Full`] (it
+    /// clears as open streams end); every other error describes the state of the stream
+    /// or the caller's mistake and will not change by retrying.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::Storage(_))
+        matches!(self, LogError::Storage(_) | LogError::Full)
     }
 
     pub(crate) fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Self {

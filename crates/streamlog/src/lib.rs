@@ -10,7 +10,7 @@
 //! - [`error`]: the one error enum, [`LogError`].
 //! - `control` (private): the lease, fencing and state rules all backends share.
 //! - `cursor` (private): the reader cursor all backends share (replay, then follow).
-//! - [`memory`]: [`MemoryLog`], in-process and ephemeral.
+//! - [`memory`]: [`MemoryLog`], in-process and ephemeral, with an optional byte budget.
 //! - [`sqlite`]: [`SqliteLog`], durable, one writer thread with group commit, hot tail.
 //! - [`redis`]: [`RedisLog`], shared by every node of a cluster (Lua scripts, Redis
 //!   Streams, a notification channel).
@@ -44,6 +44,28 @@
 //!   `tokio::sync::watch` per open stream); a slow reader re-reads from the store or the
 //!   in-memory tail and never makes the writer buffer for it.
 //! - Writes carry a fencing token; only the token of the current lease is accepted.
+//! - [`StreamLog::open_streams`] and [`StreamLog::count_open`] reflect every create and
+//!   finish acknowledged before them, and an open stream's
+//!   [`updated_ms`](StreamMeta::updated_ms) is its last append (or lease change), on
+//!   every backend: what a sweeper of idle sessions and tasks, and a per-principal quota
+//!   of open streams, stand on.
+//!
+//! # Memory bounds
+//!
+//! What the log keeps in memory is bounded in bytes, not only in records, so large
+//! records (1 MiB events) cannot pin gigabytes. Sizes are records' stored JSON lengths.
+//!
+//! - A reader holds one fetched chunk at a time: at most 512 records and 256 KiB (at
+//!   least one record, so a larger record goes through alone), on every backend's fetch
+//!   path (the cursor's `ChunkBudget`; Redis applies it inside its fetch script).
+//! - A hot tail (sqlite's per open stream, Redis's per stream read on a node) keeps at
+//!   most its record count and [`SqliteConfig::tail_bytes`] /
+//!   [`RedisConfig::tail_bytes`] (256 KiB by default), always at least the newest record;
+//!   readers further behind read from the store.
+//! - [`MemoryLog::with_budget`] bounds the whole memory store: over budget it evicts
+//!   ended streams, the one that ended first first; it never evicts an open stream nor
+//!   refuses its appends, and refuses a `create` that cannot fit with
+//!   [`LogError::Full`]. [`MemoryLog::bytes`] reports what it holds.
 //!
 //! # Mapping onto Redis Streams
 //!
@@ -189,6 +211,50 @@ pub trait StreamLog: Send + Sync + 'static {
     /// # Errors
     /// Storage errors.
     fn leased_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<(StreamId, Lease)>>;
+
+    /// The metadata of every open stream (state `Open`) of `kind`, in no particular
+    /// order: what a sweeper ending idle sessions or tasks walks, comparing each
+    /// stream's [`StreamMeta::updated_ms`] with the clock. Every backend keeps
+    /// `updated_ms` at the stream's last append (or lease change), so `now - updated_ms`
+    /// is how long it has been idle.
+    ///
+    /// Its cost is proportional to the open streams of `kind` (sqlite: one indexed
+    /// query and a lookup of each stream's last record; redis: an index of open streams
+    /// and one pipelined read of their metadata), so it suits a periodic sweep, not a
+    /// request's path.
+    ///
+    /// The default refuses with [`LogError::InvalidArgument`], for logs outside this
+    /// crate written before the method existed; every backend here implements it.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn open_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<StreamMeta>> {
+        let _ = kind;
+        Box::pin(std::future::ready(Err(LogError::InvalidArgument(
+            "this stream log cannot list its open streams",
+        ))))
+    }
+
+    /// How many open streams of `kind` `owner` owns: the count a per-principal quota
+    /// on open sessions or tasks checks before it creates one. It reflects every create
+    /// and finish acknowledged before it (the check and the create that follows are
+    /// two calls, so concurrent creates of one owner may both pass a check).
+    ///
+    /// Cheap: a counter (memory), a count over a partial index (sqlite), or a check of
+    /// the owner's own index of open streams (redis) — proportional to what `owner` has
+    /// open, never to the whole log.
+    ///
+    /// The default refuses with [`LogError::InvalidArgument`], as
+    /// [`StreamLog::open_streams`]'s does.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn count_open(&self, owner: String, kind: StreamKind) -> LogFuture<'_, u64> {
+        let _ = (owner, kind);
+        Box::pin(std::future::ready(Err(LogError::InvalidArgument(
+            "this stream log cannot count its open streams",
+        ))))
+    }
 
     /// Extend the lease with `token` to `now + ttl`.
     ///

@@ -124,6 +124,27 @@ impl Record {
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
     }
+
+    /// The length of [`Record::to_json`]'s output, counted without building it: what the
+    /// log's byte budgets (hot tails, fetch chunks, the memory store) count a record as
+    /// when they have not serialised it anyway.
+    pub(crate) fn json_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Serialising a record cannot fail (see `to_json`); if it did, what was written
+        // so far is the count.
+        let _ = serde_json::to_writer(&mut count, self);
+        count.0
+    }
 }
 
 /// What a stream is for; decides how the gateway renders and continues it.
@@ -245,7 +266,11 @@ pub struct StreamMeta {
     pub state: StreamState,
     /// Creation time, clock milliseconds.
     pub created_ms: u64,
-    /// Time of the last change (append, lease change, finish), clock milliseconds.
+    /// Time of the last change, clock milliseconds: the last append, lease grant, renewal
+    /// or release, or the end. Every backend keeps it current for open streams, so
+    /// `now - updated_ms` is how long a stream has been idle (what a sweeper of idle
+    /// sessions compares, over [`crate::StreamLog::open_streams`]). A trim does not
+    /// change it.
     pub updated_ms: u64,
     /// The seq of the last durable record (0 if none). Trimming never lowers it: appends
     /// always continue at `last_seq + 1`.

@@ -103,6 +103,48 @@ mod redis {
         assert!(tls.server.url.starts_with("rediss://"));
         crate::conformance::ordering(tls).await;
     }
+
+    /// A Redis written before the index of open streams existed gets it built once, by
+    /// the first log that counts or lists open streams.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn indexes_open_streams_written_before_the_index() {
+        use streamlog::{StreamKind, StreamState};
+        let backend = super::redis();
+        let log = crate::conformance::Backend::open(&backend);
+        let owned = crate::conformance::owned;
+        let (open, _) = owned(&*log, "alice", StreamKind::Session).await;
+        let (ended, token) = owned(&*log, "alice", StreamKind::Session).await;
+        log.finish(ended, token, StreamState::Finished)
+            .await
+            .unwrap();
+        let count = || log.count_open("alice".into(), StreamKind::Session);
+        assert_eq!(count().await.unwrap(), 1);
+
+        // Forget the index (and that it was built), as an older version never wrote it.
+        let client = ::redis::Client::open(backend.server.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg("unbroken:open*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        ::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+
+        let log = crate::conformance::Backend::open(&backend);
+        assert_eq!(
+            log.count_open("alice".into(), StreamKind::Session)
+                .await
+                .unwrap(),
+            1
+        );
+        let listed = log.open_streams(StreamKind::Session).await.unwrap();
+        assert_eq!(listed, vec![log.status(open).await.unwrap()]);
+    }
 }
 
 mod sqlite {
@@ -127,7 +169,9 @@ mod sqlite {
 mod reopen {
     use std::time::Duration;
 
-    use streamlog::{IdempotencyEntry, IdempotencyOutcome, LogError, StreamId, StreamState, Trim};
+    use streamlog::{
+        IdempotencyEntry, IdempotencyOutcome, LogError, StreamId, StreamKind, StreamState, Trim,
+    };
 
     use crate::conformance::{
         Backend, LEASE, append_range, assert_exact, collect, take, text, writable,
@@ -160,6 +204,18 @@ mod reopen {
         let log = backend.open();
         assert_eq!(log.status(done).await.unwrap(), before.0);
         assert_eq!(log.status(open).await.unwrap(), before.1);
+        // The open stream is listed as it was, its last append time included, and
+        // counted.
+        assert_eq!(
+            log.open_streams(StreamKind::Chat).await.unwrap(),
+            vec![before.1.clone()]
+        );
+        assert_eq!(
+            log.count_open("alice".into(), StreamKind::Chat)
+                .await
+                .unwrap(),
+            1
+        );
         assert_exact(&collect(log.read(done, 0).await.unwrap()).await, 1, 0, 50);
         let other = IdempotencyEntry {
             stream: StreamId::new(),
@@ -247,6 +303,17 @@ mod reopen {
         let meta = log.status(id).await.unwrap();
         assert_eq!((meta.first_seq, meta.last_seq), (1, 20));
         assert_exact(&collect_open(&*log, id, 0, 20).await, 7, 0, 20);
+        // The index of open streams was built on the old file.
+        assert_eq!(
+            log.count_open("alice".into(), StreamKind::Topic)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            log.open_streams(StreamKind::Topic).await.unwrap(),
+            vec![meta]
+        );
         // Old records count as appended when the file was migrated: not older than that.
         let by_age = Trim {
             max_age: Some(Duration::from_secs(60)),

@@ -86,29 +86,38 @@ async fn topic(state: &AppState, name: &str, create: bool) -> Result<StreamMeta,
             "a topic name is 1 to 128 of A-Z a-z 0-9 _ -",
         ));
     }
-    let meta = if create {
-        named::stream(
-            state,
-            namespace::TOPIC.into(),
-            name,
-            StreamKind::Topic,
-            namespace::SYSTEM,
-        )
-        .await?
-    } else {
-        find_named_stream(
-            state.log.as_ref(),
-            namespace::TOPIC.into(),
-            name,
-            StreamKind::Topic,
-        )
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
+    let found = find_named_stream(
+        state.log.as_ref(),
+        namespace::TOPIC.into(),
+        name,
+        StreamKind::Topic,
+    )
+    .await?;
+    let meta = match found {
+        Some(meta) => meta,
+        None if create => {
+            crate::idle::check_quota(
+                state.log.as_ref(),
+                namespace::SYSTEM,
+                StreamKind::Topic,
+                state.topics.max_topics,
+            )
+            .await?;
+            named::stream(
+                state,
+                namespace::TOPIC.into(),
+                name,
+                StreamKind::Topic,
+                namespace::SYSTEM,
+            )
+            .await?
+        }
+        None => {
+            return Err(ApiError::not_found(
                 "topic_not_found",
                 "no such topic: nothing was published to it",
-            )
-        })?
+            ));
+        }
     };
     state
         .known_topics
@@ -365,6 +374,13 @@ pub async fn create_task(
             "total must be a whole number",
         ));
     }
+    crate::idle::check_quota(
+        state.log.as_ref(),
+        principal.as_str(),
+        StreamKind::Task,
+        state.task_limits.max_open_per_principal,
+    )
+    .await?;
     let id = StreamId::new();
     state
         .log

@@ -43,19 +43,28 @@ async fn session(
     }
     let not_found = || ApiError::not_found("session_not_found", "no such session");
     let namespace = namespace::session(principal.as_str());
-    let meta = if create {
-        named::stream(
-            state,
-            namespace,
-            id,
-            StreamKind::Session,
-            principal.as_str(),
-        )
-        .await?
-    } else {
-        find_named_stream(state.log.as_ref(), namespace, id, StreamKind::Session)
+    let found =
+        find_named_stream(state.log.as_ref(), namespace.clone(), id, StreamKind::Session).await?;
+    let meta = match found {
+        Some(meta) => meta,
+        None if create => {
+            crate::idle::check_quota(
+                state.log.as_ref(),
+                principal.as_str(),
+                StreamKind::Session,
+                state.sessions.max_open_per_principal,
+            )
+            .await?;
+            named::stream(
+                state,
+                namespace,
+                id,
+                StreamKind::Session,
+                principal.as_str(),
+            )
             .await?
-            .ok_or_else(not_found)?
+        }
+        None => return Err(not_found()),
     };
     if meta.owner != principal.as_str() {
         return Err(not_found());
@@ -176,9 +185,9 @@ async fn acquire(state: &AppState, id: StreamId) -> Result<streamlog::FencingTok
             "answer_in_progress",
             "an answer is still streaming in this session",
         )),
-        Err(LogError::AlreadyFinished { .. }) => Err(ApiError::not_found(
-            "session_not_found",
-            "the session has ended",
+        Err(LogError::AlreadyFinished { .. }) => Err(ApiError::conflict(
+            "session_ended",
+            "the session has ended (deleted, or idle for longer than [sessions] idle_ttl_s); start a new one",
         )),
         Err(error) => Err(error.into()),
     }

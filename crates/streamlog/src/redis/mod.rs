@@ -22,6 +22,19 @@
 //! [`StreamLog::leased_streams`] and the purge read the metadata behind them and drop
 //! stale members.
 //!
+//! Open streams are indexed the same way (`open`): per kind and per owner and kind, two
+//! sorted sets scored by creation time, which [`StreamLog::open_streams`] and
+//! [`StreamLog::count_open`] read. A stream enters them before its create script runs
+//! (so no open stream is ever missing) and leaves them after its finish; readers check
+//! each member's state and drop the ended ones, and the missing ones older than a grace
+//! period (a create that failed). A log whose Redis holds streams from before the index
+//! builds it once, by a `SCAN` of the metadata keys.
+//!
+//! Memory on this node is bounded in bytes: a watched stream's tail keeps at most
+//! `TAIL_CAPACITY` records and [`RedisConfig::tail_bytes`] bytes, and a fetch script
+//! returns at most a chunk's bytes (reading its `XRANGE` in pages sized by what it has
+//! seen, so neither Redis nor this node holds much more than one chunk).
+//!
 //! Connections: commands go through redis-rs's `ConnectionManager` (multiplexed, with a
 //! response timeout so a stalled Redis is an error, not a hang), made afresh after a
 //! connection error; the subscription has a connection of its own on a thread of its own.
@@ -29,12 +42,15 @@
 //!
 //! # Layout
 //! - `scripts`: the Lua scripts; `values`: reading their answers, refusals as errors.
-//! - `writes`: creating a stream and taking its lease; `fetch`: reading records (the
-//!   watched stream's tail first); `notify`: the notification thread; `retention`: the
-//!   purge; `server`: [`LocalServer`], a throwaway `redis-server` for tests and benches.
+//! - `writes`: creating a stream and taking its lease; `meta`: reading a stream's
+//!   metadata; `fetch`: reading records (the watched stream's tail first); `open`: the
+//!   index of open streams; `notify`: the notification thread; `retention`: the purge;
+//!   `server`: [`LocalServer`], a throwaway `redis-server` for tests and benches.
 
 mod fetch;
+mod meta;
 mod notify;
+mod open;
 mod retention;
 mod scripts;
 mod server;
@@ -44,6 +60,7 @@ mod writes;
 pub use server::LocalServer;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -78,10 +95,15 @@ pub struct RedisConfig {
     /// For `rediss://`: the PEM certificate(s) of the authority that signed the server's
     /// certificate, when it is not one the system trusts.
     pub ca_pem: Option<Vec<u8>>,
+    /// Bytes (stored JSON) of each stream read on this node kept in memory for its
+    /// readers, at most (default 256 KiB); the newest record is always kept, however
+    /// large. Readers further behind read from Redis.
+    pub tail_bytes: usize,
 }
 
 impl RedisConfig {
-    /// Defaults for `url`: prefix `unbroken`, 24 h retention, 5 s response timeout.
+    /// Defaults for `url`: prefix `unbroken`, 24 h retention, 5 s response timeout,
+    /// 256 KiB tails.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -89,6 +111,7 @@ impl RedisConfig {
             stream_ttl: DEFAULT_STREAM_TTL,
             response_timeout: Duration::from_secs(5),
             ca_pem: None,
+            tail_bytes: 256 * 1024,
         }
     }
 }
@@ -109,6 +132,8 @@ struct Shared {
     /// Every stream read here: its head and its last records.
     heads: Mutex<HashMap<StreamId, Watched>>,
     scripts: Scripts,
+    /// The index of open streams is known to cover streams from before it (`open`).
+    open_indexed: AtomicBool,
 }
 
 /// A stream read on this node: the head its readers wait on, and its last records, which
@@ -119,7 +144,7 @@ struct Watched {
     tail: Arc<std::sync::RwLock<Tail>>,
 }
 
-/// Records kept per watched stream.
+/// Records kept per watched stream (and at most [`RedisConfig::tail_bytes`] bytes).
 const TAIL_CAPACITY: usize = 512;
 
 struct Scripts {
@@ -170,6 +195,7 @@ impl RedisLog {
             config,
             clock,
             heads: Mutex::default(),
+            open_indexed: AtomicBool::new(false),
             scripts: Scripts {
                 create: Script::new(scripts::CREATE),
                 append: Script::new(scripts::APPEND),
@@ -330,15 +356,16 @@ impl Shared {
         heads.get(&id).map(|watched| Arc::clone(&watched.tail))
     }
 
-    /// Records `first..` of `id` are durable: keep them for its readers here, then wake
-    /// them.
-    fn written(&self, id: StreamId, first: Seq, records: Vec<Record>) {
+    /// Records `first..` of `id` (with their stored sizes) are durable: keep them for its
+    /// readers here, then wake them.
+    fn written(&self, id: StreamId, first: Seq, records: Vec<(Record, usize)>) {
         let last = first + records.len() as u64 - 1;
         if let Some(tail) = self.tail(id) {
             tail.write().unwrap_or_else(PoisonError::into_inner).push(
                 first,
                 records,
                 TAIL_CAPACITY,
+                self.config.tail_bytes,
             );
         }
         self.advance(id, last, false);
@@ -361,11 +388,15 @@ impl Shared {
                 && let Some((first, _)) = chunk.records.first()
             {
                 let first = *first;
-                let records = chunk.records.into_iter().map(|(_, r)| r);
+                let records = chunk.records.into_iter().map(|(_, r)| {
+                    let size = r.json_len();
+                    (r, size)
+                });
                 tail.write().unwrap_or_else(PoisonError::into_inner).push(
                     first,
                     records,
                     TAIL_CAPACITY,
+                    self.config.tail_bytes,
                 );
             }
         }
@@ -381,43 +412,6 @@ impl Shared {
         if let Err(error) = done {
             tracing::warn!(%error, stream = %id, "cannot index the stream's lease");
         }
-    }
-
-    async fn status(&self, id: StreamId) -> Result<StreamMeta, LogError> {
-        let fields: HashMap<String, Vec<u8>> = self
-            .command(redis::cmd("HGETALL").arg(self.meta_key(id)))
-            .await?;
-        if fields.is_empty() {
-            return Err(LogError::NotFound(id));
-        }
-        let num = |name: &str| -> Result<u64, LogError> {
-            let raw = fields.get(name).ok_or_else(|| corrupt(name))?;
-            String::from_utf8_lossy(raw)
-                .parse::<f64>()
-                .map(|n| n as u64)
-                .map_err(|_| corrupt(name))
-        };
-        let lease = match fields.get("h") {
-            Some(holder) => Some(Lease {
-                holder: String::from_utf8_lossy(holder).into_owned(),
-                token: num("t")?,
-                expires_at_ms: num("e")?,
-            }),
-            None => None,
-        };
-        Ok(StreamMeta {
-            id,
-            owner: String::from_utf8_lossy(fields.get("o").map_or(&[][..], |v| v)).into_owned(),
-            kind: StreamKind::from_i64(num("k")? as i64).ok_or_else(|| corrupt("kind"))?,
-            request: bytes::Bytes::from(fields.get("q").cloned().unwrap_or_default()),
-            state: StreamState::from_i64(num("s")? as i64).ok_or_else(|| corrupt("state"))?,
-            created_ms: num("c")?,
-            updated_ms: num("u")?,
-            last_seq: num("l")?,
-            first_seq: num("f")?,
-            lease,
-            fence: num("n")?,
-        })
     }
 }
 
@@ -457,12 +451,13 @@ impl StreamLog for RedisLog {
                 shared.channel().into_bytes(),
                 id.to_string().into_bytes(),
             ];
+            let mut sizes = Vec::with_capacity(records.len());
             for record in &records {
-                args.push(
-                    record
-                        .to_json()
-                        .map_err(|e| LogError::Corrupt(e.to_string()))?,
-                );
+                let body = record
+                    .to_json()
+                    .map_err(|e| LogError::Corrupt(e.to_string()))?;
+                sizes.push(body.len());
+                args.push(body);
             }
             let keys = [shared.meta_key(id), shared.records_key(id)];
             let (status, values) = shared.run(&shared.scripts.append, &keys, args).await?;
@@ -471,7 +466,7 @@ impl StreamLog for RedisLog {
             }
             let first = number(value_at(&values, 0)?)?;
             let last = first + records.len() as u64 - 1;
-            shared.written(id, first, records);
+            shared.written(id, first, records.into_iter().zip(sizes).collect());
             Ok(last)
         })
     }
@@ -501,6 +496,7 @@ impl StreamLog for RedisLog {
             }
             shared.advance(id, meta.last_seq, true);
             shared.index_lease(id, meta.kind, false).await;
+            open::unindex(shared, &meta).await;
             let ended = redis::cmd("ZADD")
                 .arg(shared.ended_key())
                 .arg(shared.clock.now_ms())
@@ -580,6 +576,14 @@ impl StreamLog for RedisLog {
             }
             Ok(leased)
         })
+    }
+
+    fn open_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<StreamMeta>> {
+        Box::pin(open::open_streams(&self.shared, kind))
+    }
+
+    fn count_open(&self, owner: String, kind: StreamKind) -> LogFuture<'_, u64> {
+        Box::pin(async move { open::count_open(&self.shared, &owner, kind).await })
     }
 
     fn renew_lease(

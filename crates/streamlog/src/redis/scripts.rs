@@ -98,13 +98,36 @@ redis.call('HSET', KEYS[1], 'u', ARGV[2])
 return {'ok'}
 ";
 
-/// KEYS: meta, records. ARGV: after, upto. The first kept seq and the records between.
+/// KEYS: meta, records. ARGV: after, upto, max bytes. The first kept seq and the records
+/// between, as many as fit `max bytes` of record JSON (at least one): the cursor's
+/// `ChunkBudget` (the caller bounds the count by `upto`). It reads in pages, the first of
+/// one entry and each next one as large as the entries seen so far say still fits, so a
+/// page of large records never loads much more than the chunk.
 pub(super) const FETCH: &str = r"
 local f = redis.call('HGET', KEYS[1], 'f')
 if not f then return {'notfound'} end
-local from = math.max(tonumber(ARGV[1]), tonumber(f) - 1)
-if from >= tonumber(ARGV[2]) then return {'ok', f, {}} end
-return {'ok', f, redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', ARGV[2] .. '-0')}
+local from = math.max(tonumber(ARGV[1]), tonumber(f) - 1) + 1
+local upto = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local out = {}
+local bytes = 0
+local page = 1
+while from <= upto do
+  local entries = redis.call('XRANGE', KEYS[2], from .. '-0', upto .. '-0', 'COUNT', page)
+  if #entries == 0 then break end
+  for _, entry in ipairs(entries) do
+    local size = 0
+    local fields = entry[2]
+    for i = 1, #fields, 2 do if fields[i] == 'r' then size = #fields[i + 1] end end
+    if #out > 0 and bytes + size > budget then return {'ok', f, out} end
+    out[#out + 1] = entry
+    bytes = bytes + size
+    from = tonumber(string.match(entry[1], '^(%d+)')) + 1
+  end
+  if #entries < page then break end
+  page = math.max(1, math.min(128, math.floor((budget - bytes) * #out / math.max(bytes, 1))))
+end
+return {'ok', f, out}
 ";
 
 /// KEYS: meta, records. ARGV: keep_after, max_records (-1: none), age cutoff ms (-1:

@@ -25,6 +25,8 @@ pub(super) async fn create(
         holder.clone().into_bytes(),
         millis(ttl).to_string().into_bytes(),
     ];
+    // Indexed first, so an open stream is never missing from the index.
+    super::open::index(shared, &new, now).await?;
     let (status, values) = shared
         .run(&shared.scripts.create, &[shared.meta_key(new.id)], args)
         .await?;

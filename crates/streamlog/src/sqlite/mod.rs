@@ -3,9 +3,14 @@
 //! streams are batched into one transaction, and each caller's future resolves only
 //! after the transaction holding its batch committed. The last records of every open
 //! stream stay in memory (the hot tail, `reader`), so live readers never wait on disk;
-//! a stream's tail is dropped when it ends, and capped at `tail_capacity` records while
-//! it runs. Older records are read from the database on a small pool of read-only
-//! connections.
+//! a stream's tail is dropped when it ends, and capped while it runs at `tail_capacity`
+//! records and `tail_bytes` bytes (always keeping the newest record), so a stream of
+//! large records pins no more than that. Older records are read from the database on a
+//! small pool of read-only connections, in chunks bounded in records and bytes.
+//!
+//! [`StreamLog::open_streams`] and [`StreamLog::count_open`] read the `streams` table
+//! on that pool, through a partial index of open streams by kind and owner, so counting
+//! one owner's open streams costs a few index pages, not a scan.
 //!
 //! [`StreamLog::trim`] is one more writer command: its `DELETE` runs in the same
 //! transactions as appends, in order with them, and after the commit the writer drops
@@ -109,6 +114,10 @@ pub struct SqliteConfig {
     pub max_pending: usize,
     /// Records of each open stream kept in memory for live readers (default 4096).
     pub tail_capacity: usize,
+    /// Bytes (stored JSON) of each open stream kept in memory for live readers, at most
+    /// (default 256 KiB); the newest record is always kept, however large. Readers
+    /// further behind read from the database.
+    pub tail_bytes: usize,
     /// Read-only connections for replay and status (default 4).
     pub reader_connections: usize,
     /// How long a stream is kept after it ends (default 24 h).
@@ -125,6 +134,7 @@ impl SqliteConfig {
             max_batch_delay: Duration::from_micros(500),
             max_pending: 65_536,
             tail_capacity: 4096,
+            tail_bytes: 256 * 1024,
             reader_connections: 4,
             stream_ttl: DEFAULT_STREAM_TTL,
         }
@@ -211,6 +221,7 @@ impl SqliteLog {
             max_batch_records: config.max_batch_records.max(1),
             max_batch_delay: config.max_batch_delay,
             tail_capacity: config.tail_capacity,
+            tail_bytes: config.tail_bytes,
             stream_ttl_ms: millis(config.stream_ttl),
         };
         let writer = Writer::new(conn, clock, Arc::clone(&hot), settings);
@@ -402,6 +413,17 @@ impl StreamLog for SqliteLog {
         )
     }
 
+    fn open_streams(&self, kind: StreamKind) -> LogFuture<'_, Vec<StreamMeta>> {
+        Box::pin(self.pool.run(move |conn| schema::open_streams(conn, kind)))
+    }
+
+    fn count_open(&self, owner: String, kind: StreamKind) -> LogFuture<'_, u64> {
+        Box::pin(
+            self.pool
+                .run(move |conn| schema::count_open(conn, &owner, kind)),
+        )
+    }
+
     fn renew_lease(
         &self,
         id: StreamId,
@@ -482,5 +504,91 @@ impl StreamLog for SqliteLog {
 
     fn purge_expired(&self) -> LogFuture<'_, usize> {
         Box::pin(self.call(Op::Purge))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::cursor::{FETCH_BYTES, FETCH_CHUNK};
+    use futures_util::StreamExt;
+
+    const MIB: usize = 1 << 20;
+
+    fn large(size: usize) -> Record {
+        Record::Text {
+            text: "x".repeat(size),
+        }
+    }
+
+    fn tail_bytes(log: &SqliteLog, id: StreamId) -> usize {
+        let hot = log.hot.lock().unwrap_or_else(PoisonError::into_inner);
+        let tail = hot[&id].tail.read().unwrap_or_else(PoisonError::into_inner);
+        tail.bytes()
+    }
+
+    /// The hot tail of a stream of 1 MiB records holds only the newest (the byte bound
+    /// is below one record), small records fill it up to the bound, and a reader of the
+    /// whole stream still gets every record, from the database, in chunks within the
+    /// byte bound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tail_and_chunks_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SqliteConfig::new(dir.path().join("log.db"));
+        config.tail_bytes = 64 * 1024;
+        let log = SqliteLog::open(config, Arc::new(SystemClock)).unwrap();
+        let new = NewStream {
+            id: StreamId::new(),
+            owner: "p".into(),
+            kind: StreamKind::Topic,
+            request: bytes::Bytes::new(),
+        };
+        let (meta, lease) = log
+            .create_leased(new, "w".into(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let id = meta.id;
+        let reader = log.read(id, 0).await.unwrap();
+        for _ in 0..3 {
+            log.append(id, lease.token, vec![large(MIB)]).await.unwrap();
+            let newest = large(MIB).json_len();
+            assert_eq!(tail_bytes(&log, id), newest);
+        }
+        let small = large(1000);
+        for _ in 0..400 {
+            log.append(id, lease.token, vec![small.clone()])
+                .await
+                .unwrap();
+            assert!(tail_bytes(&log, id) <= 64 * 1024);
+        }
+        assert!(tail_bytes(&log, id) > 60 * 1024);
+        log.finish(id, lease.token, StreamState::Finished)
+            .await
+            .unwrap();
+        let got: Vec<_> = reader.map(Result::unwrap).collect().await;
+        assert_eq!(got.len(), 403);
+        assert!(got.iter().map(|(seq, _)| *seq).eq(1..=403));
+
+        // The database's chunks: one large record alone, small ones up to the bound.
+        let (rid, _) = log
+            .pool
+            .run(move |conn| schema::load_control(conn, id))
+            .await
+            .unwrap()
+            .unwrap();
+        let chunks = log
+            .pool
+            .run(move |conn| {
+                let one = reader::read_range(conn, rid, 0, 3)?;
+                let rest = reader::read_range(conn, rid, 3, 3 + FETCH_CHUNK)?;
+                Ok((one, rest))
+            })
+            .await
+            .unwrap();
+        assert_eq!(chunks.0.records.len(), 1);
+        let per_chunk = FETCH_BYTES / small.json_len();
+        assert_eq!(chunks.1.records.len(), per_chunk);
+        assert_eq!(chunks.1.records[0].0, 4);
     }
 }

@@ -5,7 +5,9 @@
 //! tokio's blocking pool (`spawn_blocking`, awaited in place, so the task is owned by the
 //! reader that waits for it). A semaphore caps concurrent database reads at the number of
 //! pooled connections, so many lagging readers queue instead of opening connections.
-//! Both the tail and the database only ever hold committed records.
+//! Both the tail and the database only ever hold committed records. A chunk read from
+//! the database stops at the cursor's [`ChunkBudget`] (records and bytes), so a reader
+//! of large records holds one chunk of bounded size however far behind it is.
 //!
 //! After a trim, both answer a reader that asks for deleted records with the seq the
 //! trim deleted through (the cursor's [`Chunk::after`]) and the records after it: the
@@ -21,7 +23,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::LogFuture;
 pub(crate) use crate::cursor::Tail;
-use crate::cursor::{Chunk, FETCH_CHUNK, Fetch, Head};
+use crate::cursor::{Chunk, ChunkBudget, FETCH_CHUNK, Fetch, Head};
 use crate::error::LogError;
 use crate::id::{Seq, StreamId};
 use crate::record::Record;
@@ -105,7 +107,7 @@ impl ReadPool {
 }
 
 /// Read committed records `(after, upto]` of stream `rid` from the database, skipping
-/// trimmed ones. One statement, so `first_seq` and the records come from one snapshot;
+/// trimmed ones, as many as a [`ChunkBudget`] admits. One statement, so `first_seq` and the records come from one snapshot;
 /// no row at all means the stream is gone (purged), and the chunk is empty.
 pub(crate) fn read_range(
     conn: &Connection,
@@ -124,6 +126,7 @@ pub(crate) fn read_range(
         after,
         records: Vec::with_capacity((upto.saturating_sub(after)).min(FETCH_CHUNK) as usize),
     };
+    let mut budget = ChunkBudget::default();
     while let Some(row) = rows.next()? {
         let first: i64 = row.get(0)?;
         chunk.after = after.max(to_u64(first).saturating_sub(1));
@@ -131,6 +134,9 @@ pub(crate) fn read_range(
             continue;
         };
         let body = row.get_ref(2)?.as_blob().map_err(LogError::storage)?;
+        if !budget.admit(body.len()) {
+            break;
+        }
         let record: Record =
             serde_json::from_slice(body).map_err(|e| LogError::Corrupt(e.to_string()))?;
         chunk.records.push((to_u64(seq), record));

@@ -13,7 +13,11 @@
 //! `streams.first_seq` is added with default 1 (nothing was trimmed), and
 //! `records.appended_ms` with the time of the migration as its default, so records
 //! from before it count as appended then — trimming by age deletes them once they are
-//! that old, never sooner.
+//! that old, never sooner. New indexes need no step of their own: `SCHEMA` creates them
+//! `IF NOT EXISTS` on every open, before `migrate`, so they may only cover columns every
+//! version had (`streams_open`, the partial index of open streams by kind and owner
+//! behind [`open_streams`] and [`count_open`], is built on the first open of an older
+//! file: one pass over `streams`).
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
@@ -42,6 +46,7 @@ CREATE TABLE IF NOT EXISTS streams (
 CREATE INDEX IF NOT EXISTS streams_ended ON streams(updated_ms) WHERE state != 0;
 CREATE INDEX IF NOT EXISTS streams_leased ON streams(kind)
     WHERE state = 0 AND lease_holder IS NOT NULL;
+CREATE INDEX IF NOT EXISTS streams_open ON streams(kind, owner, state) WHERE state = 0;
 CREATE TABLE IF NOT EXISTS records (
     rid INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -180,38 +185,76 @@ fn catch_up(conn: &Connection, rid: i64, control: &mut Control) -> Result<(), Lo
     Ok(())
 }
 
-/// Load a stream's full metadata.
-pub(crate) fn load_meta(conn: &Connection, id: StreamId) -> Result<StreamMeta, LogError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT owner, kind, request, created_ms, {CONTROL_COLUMNS} FROM streams WHERE id = ?1"
-    ))?;
-    let found = stmt
-        .query_row([id.to_string()], |row| {
-            let owner: String = row.get(0)?;
-            let kind: i64 = row.get(1)?;
-            let request: Vec<u8> = row.get(2)?;
-            let created: i64 = row.get(3)?;
-            Ok((owner, kind, request, created, control_from_row(row, 4)))
-        })
-        .optional()?;
-    let Some((owner, kind, request, created, control)) = found else {
-        return Err(LogError::NotFound(id));
-    };
-    let (rid, mut control) = control?;
+/// The columns [`meta_from_row`] decodes: these, then `CONTROL_COLUMNS`.
+const META_COLUMNS: &str = "id, owner, kind, request, created_ms";
+
+/// Decode `META_COLUMNS` and `CONTROL_COLUMNS`, and bring an open stream's last seq
+/// and update time up to its records.
+fn meta_from_row(conn: &Connection, row: &Row<'_>) -> Result<StreamMeta, LogError> {
+    let id: String = row.get(0)?;
+    let kind: i64 = row.get(2)?;
+    let request: Vec<u8> = row.get(3)?;
+    let (rid, mut control) = control_from_row(row, 5)?;
     catch_up(conn, rid, &mut control)?;
     Ok(StreamMeta {
-        id,
-        owner,
+        id: id.parse().map_err(|_| corrupt("id"))?,
+        owner: row.get(1)?,
         kind: StreamKind::from_i64(kind).ok_or_else(|| corrupt("kind"))?,
         request: request.into(),
         state: control.state,
-        created_ms: to_u64(created),
+        created_ms: to_u64(row.get(4)?),
         updated_ms: control.updated_ms,
         last_seq: control.last_seq,
         first_seq: control.first_seq,
         lease: control.lease,
         fence: control.fence,
     })
+}
+
+/// Load a stream's full metadata.
+pub(crate) fn load_meta(conn: &Connection, id: StreamId) -> Result<StreamMeta, LogError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {META_COLUMNS}, {CONTROL_COLUMNS} FROM streams WHERE id = ?1"
+    ))?;
+    let mut rows = stmt.query([id.to_string()])?;
+    match rows.next()? {
+        Some(row) => meta_from_row(conn, row),
+        None => Err(LogError::NotFound(id)),
+    }
+}
+
+/// The metadata of every open stream of `kind` (the idle sweeper's walk, through
+/// `streams_open`). Each one's last seq and update time come from its last record, as
+/// for [`load_meta`].
+pub(crate) fn open_streams(
+    conn: &Connection,
+    kind: StreamKind,
+) -> Result<Vec<StreamMeta>, LogError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {META_COLUMNS}, {CONTROL_COLUMNS} FROM streams WHERE state = 0 AND kind = ?1"
+    ))?;
+    let mut rows = stmt.query([kind.to_i64()])?;
+    let mut open = Vec::new();
+    while let Some(row) = rows.next()? {
+        open.push(meta_from_row(conn, row)?);
+    }
+    Ok(open)
+}
+
+/// How many open streams of `kind` `owner` owns: a count over `streams_open`, which
+/// covers the query (`state` is among its columns for that alone: sqlite does not infer
+/// it from the index's condition), so it reads only that owner's entries of the index.
+pub(crate) fn count_open(
+    conn: &Connection,
+    owner: &str,
+    kind: StreamKind,
+) -> Result<u64, LogError> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM streams WHERE state = 0 AND kind = ?1 AND owner = ?2",
+        )?
+        .query_row(rusqlite::params![kind.to_i64(), owner], |r| r.get(0))?;
+    Ok(to_u64(n))
 }
 
 /// The open streams of `kind` that hold a lease, with it (takeover's scan).

@@ -135,8 +135,12 @@ pub(crate) struct WriterSettings {
     pub max_batch_records: usize,
     pub max_batch_delay: Duration,
     pub tail_capacity: usize,
+    pub tail_bytes: usize,
     pub stream_ttl_ms: u64,
 }
+
+/// Records with their stored (JSON) sizes, for the hot tail's byte bound.
+type SizedRecords = Vec<(Record, usize)>;
 
 /// The outcome of one command, waiting for the commit.
 enum Done {
@@ -145,7 +149,8 @@ enum Done {
         Reply<(StreamMeta, Lease)>,
         Result<(i64, StreamMeta, Lease), LogError>,
     ),
-    Append(Reply<Seq>, Result<(StreamId, Seq, Vec<Record>), LogError>),
+    /// The stream, its first new seq, and the records with their stored sizes.
+    Append(Reply<Seq>, Result<(StreamId, Seq, SizedRecords), LogError>),
     Finish(Reply<()>, Result<(StreamId, Seq), LogError>),
     Lease(Reply<Lease>, Result<Lease, LogError>),
     Unit(Reply<()>, Result<(), LogError>),
@@ -419,7 +424,11 @@ impl Writer {
                                 to_i64(now)
                             ])?;
                         }
-                        Ok((id, first, records))
+                        let sized = records
+                            .into_iter()
+                            .zip(bodies.iter().map(Vec::len))
+                            .collect();
+                        Ok((id, first, sized))
                     }
                     Err(e) => Err(e),
                 };

@@ -12,11 +12,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use streamlog::{
     IdempotencyEntry, IdempotencyOutcome, LogError, ManualClock, NewStream, Record, RecordStream,
-    Seq, StreamId, StreamKind, StreamLog, StreamState, Trim,
+    Seq, StreamId, StreamKind, StreamLog, StreamMeta, StreamState, Trim,
 };
 use tokio::task::JoinSet;
 
+mod open;
 mod trim;
+pub use open::*;
 pub use trim::*;
 
 /// Retention used by every backend in the suite.
@@ -60,6 +62,8 @@ macro_rules! conformance_suite {
             trim_races_appends_and_readers,
             nonexistent_stream_errors_cleanly,
             randomised_interleavings,
+            open_streams_and_counts,
+            large_records_reach_every_reader,
         );
     };
 }

@@ -37,7 +37,8 @@ impl Writer {
                         .cache
                         .get(&id)
                         .map_or((0, 1), |c| (c.rid, c.control.first_seq));
-                    let capacity = self.settings.tail_capacity;
+                    let (capacity, max_bytes) =
+                        (self.settings.tail_capacity, self.settings.tail_bytes);
                     let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
                     let entry = hot
                         .entry(id)
@@ -46,7 +47,7 @@ impl Writer {
                         .tail
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push(first, records, capacity);
+                        .push(first, records, capacity, max_bytes);
                     entry.head.send_replace(Head {
                         last,
                         terminal: false,

@@ -102,6 +102,7 @@ mod tests {
                 max_batch_records: 4096,
                 max_batch_delay: Duration::from_micros(500),
                 tail_capacity: 16,
+                tail_bytes: 1 << 20,
                 stream_ttl_ms: 1000,
             };
             let conn = Connection::open_in_memory().unwrap();
