@@ -138,7 +138,13 @@ async fn expire(state: &AppState, meta: &StreamMeta) -> Result<(), LogError> {
     };
     state
         .writers
-        .append(state.log.as_ref(), &state.node, meta.id, vec![record], Some(end))
+        .append(
+            state.log.as_ref(),
+            &state.node,
+            meta.id,
+            vec![record],
+            Some(end),
+        )
         .await?;
     Ok(())
 }

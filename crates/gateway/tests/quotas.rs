@@ -20,7 +20,10 @@ async fn post(gateway: &Gateway, path: &str, body: Value) -> reqwest::Response {
 async fn code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
-    let code = body["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     (status, code)
 }
 
@@ -63,11 +66,21 @@ async fn open_sessions_tasks_and_topics_are_capped_and_an_ended_one_frees_its_pl
     assert_eq!(post(&gateway, "/v1/tasks", json!({})).await.status(), 201);
 
     let event = json!({"event": "e", "data": {}});
-    assert!(post(&gateway, "/v1/topics/one/events", event.clone()).await.status().is_success());
+    assert!(
+        post(&gateway, "/v1/topics/one/events", event.clone())
+            .await
+            .status()
+            .is_success()
+    );
     let refused = post(&gateway, "/v1/topics/two/events", event.clone()).await;
     assert_eq!(code(refused).await, (429, "too_many_topics".to_owned()));
     // Publishing to the topic that exists is not creating one.
-    assert!(post(&gateway, "/v1/topics/one/events", event).await.status().is_success());
+    assert!(
+        post(&gateway, "/v1/topics/one/events", event)
+            .await
+            .status()
+            .is_success()
+    );
 }
 
 #[tokio::test]
@@ -75,10 +88,16 @@ async fn sessions_and_tasks_left_idle_are_ended_and_busy_ones_are_not() {
     let gateway =
         Gateway::start("[sessions]\nidle_ttl_s = 600\n[tasks]\nidle_ttl_s = 60\n[[models]]\nname = \"m\"\ntargets = [{ provider = \"simulator\", tokens = 2 }]\n").await;
     assert_eq!(
-        post(&gateway, "/v1/sessions", json!({"sessionId": "s"})).await.status(),
+        post(&gateway, "/v1/sessions", json!({"sessionId": "s"}))
+            .await
+            .status(),
         201
     );
-    let task: Value = post(&gateway, "/v1/tasks", json!({})).await.json().await.unwrap();
+    let task: Value = post(&gateway, "/v1/tasks", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let task = task["taskId"].as_str().unwrap().to_owned();
     let now = gateway::usage::now_ms();
 
@@ -91,7 +110,10 @@ async fn sessions_and_tasks_left_idle_are_ended_and_busy_ones_are_not() {
         .await
         .unwrap();
     let events = common::Events::new(events).rest().await;
-    let failed = events.iter().find(|e| e.event == "failed").expect("a failed event");
+    let failed = events
+        .iter()
+        .find(|e| e.event == "failed")
+        .expect("a failed event");
     let data: Value = serde_json::from_str(&failed.data).unwrap();
     assert_eq!(data["error"], "idle");
 
@@ -105,7 +127,12 @@ async fn sessions_and_tasks_left_idle_are_ended_and_busy_ones_are_not() {
         .await
         .unwrap();
     assert_eq!(session["state"], "ended");
-    let message = post(&gateway, "/v1/sessions/s/messages", json!({"content": "hi"})).await;
+    let message = post(
+        &gateway,
+        "/v1/sessions/s/messages",
+        json!({"content": "hi"}),
+    )
+    .await;
     assert_eq!(code(message).await, (409, "session_ended".to_owned()));
     // Ended streams are not swept again.
     assert_eq!(gateway::idle::sweep(&gateway.state, now + 700_000).await, 0);

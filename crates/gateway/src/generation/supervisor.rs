@@ -32,6 +32,9 @@ use crate::signal::Signal;
 
 /// Deltas appended in one batch at most.
 const MAX_BATCH: usize = 64;
+/// Bytes of text and tool-call arguments appended in one batch at most (a batch always
+/// takes at least one delta; an upstream event is at most 1 MiB).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Tool calls one answer may make: a larger index from an upstream is a protocol error,
 /// never a table that size (a `stream: false` answer assembles calls by index).
 pub const MAX_TOOL_CALLS: u32 = 128;
@@ -512,6 +515,7 @@ impl Batch {
             ended: false,
         };
         let mut item = first;
+        let mut bytes = 0;
         loop {
             match item {
                 Some(Ok(Delta::ToolCall { index, .. })) if index >= MAX_TOOL_CALLS => {
@@ -520,7 +524,14 @@ impl Batch {
                     )));
                     return batch;
                 }
-                Some(Ok(delta)) => batch.deltas.push(delta),
+                Some(Ok(delta)) => {
+                    bytes += match &delta {
+                        Delta::Text(text) => text.len(),
+                        Delta::ToolCall { arguments, .. } => arguments.len(),
+                        _ => 0,
+                    };
+                    batch.deltas.push(delta);
+                }
                 Some(Err(error)) => {
                     batch.failure = Some(error);
                     return batch;
@@ -530,7 +541,7 @@ impl Batch {
                     return batch;
                 }
             }
-            if batch.deltas.len() >= MAX_BATCH {
+            if batch.deltas.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
                 return batch;
             }
             match rest.next().now_or_never() {

@@ -12,8 +12,9 @@ use sse::{Decoder, EventStream, Frame, StreamError};
 use crate::delta::{Delta, DeltaStream};
 use crate::error::ProviderError;
 
-/// The largest single event accepted from an upstream.
-const MAX_EVENT_BYTES: usize = 4 << 20;
+/// The largest single event accepted from an upstream (a larger one is a protocol error:
+/// real deltas are a few bytes, a whole tool call's arguments a few kilobytes).
+const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// What the reader does after an event.
 #[derive(Debug, PartialEq)]
