@@ -77,6 +77,10 @@ pub async fn run(
     housekeeping.spawn(http::hub::retention(state.clone(), state.shutdown.clone()));
     housekeeping.spawn(generation::scan_periodically(state.clone()));
     housekeeping.spawn(idle::sweep_periodically(state.clone(), state.shutdown.clone()));
+    housekeeping.spawn(limits::keep_holds(
+        state.holdings.clone(),
+        state.shutdown.clone(),
+    ));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: draining answers in flight, closing other readers");

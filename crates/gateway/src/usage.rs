@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -88,10 +88,10 @@ impl Ledger {
     /// A ledger in `log`, written as `node`.
     pub fn new(log: Arc<dyn StreamLog>, node: String) -> Self {
         Self {
+            tokens: Rates::tokens(Some(&log)),
             log,
             node,
             writers: Writers::default(),
-            tokens: Rates::tokens(),
             tokens_per_minute: 0,
         }
     }
@@ -107,23 +107,21 @@ impl Ledger {
     ///
     /// # Errors
     /// 429 `tokens_rate_limited` with `Retry-After`.
-    pub fn admit(&self, principal: &Principal) -> Result<(), ApiError> {
+    pub async fn admit(&self, principal: &Principal) -> Result<(), ApiError> {
         self.tokens
-            .admit(principal, self.tokens_per_minute, false, Instant::now())
+            .admit(principal, self.tokens_per_minute, false)
+            .await
     }
 
     /// Charge the tokens of `entry`'s upstream requests to its principal's minute.
-    pub fn charge(&self, entry: &Entry) {
+    pub async fn charge(&self, entry: &Entry) {
         let tokens = entry.requests.iter().fold(0_u64, |sum, request| {
             sum.saturating_add(request.prompt_tokens)
                 .saturating_add(request.completion_tokens)
         });
-        self.tokens.charge(
-            &entry.principal,
-            self.tokens_per_minute,
-            tokens,
-            Instant::now(),
-        );
+        self.tokens
+            .charge(&entry.principal, self.tokens_per_minute, tokens)
+            .await;
     }
 
     /// Append `entry` to its day.

@@ -350,3 +350,57 @@ async fn a_subscriber_of_a_topic_whose_history_redis_lost_is_told() {
     let data: serde_json::Value = serde_json::from_str(&first.data).unwrap();
     assert_eq!(data["n"], 100, "the new history from its start");
 }
+
+/// A node on `redis` with `[limits]` of `limits` and a quick simulator model.
+async fn limited_node(redis: &LocalServer, id: &str, limits: &str) -> Gateway {
+    let config = parse(&format!(
+        "[server]\nnode_id = \"{id}\"\n\n[store]\nkind = \"redis\"\nurl = \"{}\"\n\n[limits]\n{limits}\n\n[[models]]\nname = \"m\"\ntargets = [{{ provider = \"simulator\", tokens = 2 }}]\n",
+        redis.url
+    ));
+    let log = gateway::open_log(&config.store).unwrap();
+    Gateway::start_with(&config, AppState::new(&config, log).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_counted_by_every_node_together() {
+    let redis = LocalServer::start().unwrap();
+    let limits = "requests_per_minute = 2\nmax_readers_per_principal = 1";
+    let a = limited_node(&redis, "node-a", limits).await;
+    let b = limited_node(&redis, "node-b", limits).await;
+
+    // Two requests a minute, wherever they land.
+    assert_eq!(a.chat(&chat_body("m", false)).await.status(), 200);
+    assert_eq!(b.chat(&chat_body("m", false)).await.status(), 200);
+    let third = a.chat(&chat_body("m", false)).await;
+    assert_eq!(third.status(), 429);
+    let error: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "rate_limited");
+
+    // One reader at once: one open on node a refuses another on node b.
+    let created = http()
+        .post(format!("{}/v1/topics/t", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let subscribe = |gateway: &Gateway| {
+        let url = format!("{}/v1/topics/t", gateway.url);
+        async move { http().get(url).send().await.unwrap() }
+    };
+    let open = subscribe(&a).await;
+    assert_eq!(open.status(), 200);
+    let refused = subscribe(&b).await;
+    assert_eq!(refused.status(), 429);
+    // Closing it frees the place for every node (released in the background).
+    drop(open);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let again = subscribe(&b).await;
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(tokio::time::Instant::now() < deadline, "the reader's place was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

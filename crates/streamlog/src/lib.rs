@@ -358,6 +358,13 @@ pub trait StreamLog: Send + Sync + 'static {
     fn appends_at_once(&self) -> bool {
         false
     }
+
+    /// The Redis log behind this one, when it is one: its counters
+    /// ([`RedisLog::bucket`], [`RedisLog::hold`]) let the nodes that share it count
+    /// limits together. `None` for logs of one process.
+    fn as_redis(&self) -> Option<&RedisLog> {
+        None
+    }
 }
 
 /// The retention period when none is configured: a stream is kept 24 hours after it ends.

@@ -404,9 +404,9 @@ impl Generation {
             stream: self.id.to_string(),
             requests,
         };
-        self.ledger.charge(&entry);
         let ledger = Arc::clone(&self.ledger);
         self.tasks.spawn(async move {
+            ledger.charge(&entry).await;
             if let Err(error) = ledger.record(&entry).await {
                 tracing::warn!(%error, stream = %entry.stream, "could not record the answer's usage");
             }

@@ -46,13 +46,11 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Chat)?;
-    state.rates.admit(
-        &principal,
-        state.limits.requests_per_minute.into(),
-        true,
-        std::time::Instant::now(),
-    )?;
-    state.ledger.admit(&principal)?;
+    state
+        .rates
+        .admit(&principal, state.limits.requests_per_minute.into(), true)
+        .await?;
+    state.ledger.admit(&principal).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let call = parse(&body)?;
     let model = state.models.get(&call.model).cloned().ok_or_else(|| {
@@ -79,7 +77,7 @@ pub async fn create(
             Held::Streams,
             &principal,
             state.limits.max_streams_per_principal,
-        )?),
+        ).await?),
     };
     let (meta, serving) = match generation::start(&state, start).await? {
         Begun::New(meta, serving) => (meta, serving),
@@ -118,7 +116,7 @@ async fn answer(
             Held::Readers,
             principal,
             state.limits.max_readers_per_principal,
-        )?);
+        ).await?);
         options.shutdown = ends_at;
         return Ok(body::response(meta.id, records, render, options, guard));
     }

@@ -326,7 +326,7 @@ pub async fn subscribe(
         Held::Readers,
         &principal,
         state.limits.max_readers_per_principal,
-    )?);
+    ).await?);
     if reset {
         named::reset_event(&mut options.prelude);
     }
@@ -551,7 +551,7 @@ pub async fn task_events(
         Held::Readers,
         &principal,
         state.limits.max_readers_per_principal,
-    )?);
+    ).await?);
     let _ = sse::write_event(
         &mut options.prelude,
         Some("task_status"),

@@ -212,7 +212,7 @@ pub async fn events(
         Held::Readers,
         &principal,
         state.limits.max_readers_per_principal,
-    )?);
+    ).await?);
     let connected = json!({ "sessionId": id }).to_string();
     let _ = sse::write_event(&mut options.prelude, Some("connected"), None, &connected);
     if reset {
@@ -231,13 +231,11 @@ pub async fn message(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Chat)?;
-    state.rates.admit(
-        &principal,
-        state.limits.requests_per_minute.into(),
-        true,
-        std::time::Instant::now(),
-    )?;
-    state.ledger.admit(&principal)?;
+    state
+        .rates
+        .admit(&principal, state.limits.requests_per_minute.into(), true)
+        .await?;
+    state.ledger.admit(&principal).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     crate::http::budget::check(&body)?;
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
@@ -321,7 +319,7 @@ pub async fn message(
                 Held::Streams,
                 &principal,
                 state.limits.max_streams_per_principal,
-            )?),
+            ).await?),
         };
         match generation::start(&state, start).await? {
             Begun::New(answer, _) | Begun::Existing(answer) => Ok::<_, ApiError>(answer.id),

@@ -35,6 +35,12 @@
 //! returns at most a chunk's bytes (reading its `XRANGE` in pages sized by what it has
 //! seen, so neither Redis nor this node holds much more than one chunk).
 //!
+//! Limits counted across nodes (`counters`): [`RedisLog::bucket`], a per-minute token
+//! bucket, and [`RedisLog::hold`], places among at most N holders that lapse unless
+//! refreshed — one script on one key each (`<prefix>:limit:bucket:<key>`,
+//! `<prefix>:limit:hold:<key>`), on the Redis server's clock, each key expiring once it
+//! says nothing.
+//!
 //! Connections: commands go through redis-rs's `ConnectionManager` (multiplexed, with a
 //! response timeout so a stalled Redis is an error, not a hang), made afresh after a
 //! connection error; the subscription has a connection of its own on a thread of its own.
@@ -45,8 +51,10 @@
 //! - `writes`: creating a stream and taking its lease; `meta`: reading a stream's
 //!   metadata; `fetch`: reading records (the watched stream's tail first); `open`: the
 //!   index of open streams; `notify`: the notification thread; `retention`: the purge;
+//!   `counters`: limits shared by the nodes;
 //!   `server`: [`LocalServer`], a throwaway `redis-server` for tests and benches.
 
+mod counters;
 mod fetch;
 mod meta;
 mod notify;
@@ -416,6 +424,10 @@ impl Shared {
 }
 
 impl StreamLog for RedisLog {
+    fn as_redis(&self) -> Option<&RedisLog> {
+        Some(self)
+    }
+
     fn create(&self, new: NewStream) -> LogFuture<'_, StreamMeta> {
         Box::pin(async move { Ok(create(&self.shared, new, None).await?.0) })
     }
