@@ -119,7 +119,7 @@ pub async fn resume(
         Held::Readers,
         &principal,
         state.limits.max_readers_per_principal,
-    )?);
+    ).await?);
     options.shutdown = ends_at;
     Ok(if openai {
         let finished_before = meta.state == StreamState::Finished && after >= meta.last_seq;
