@@ -73,6 +73,7 @@ impl std::fmt::Debug for Holdings {
 /// One unit held; released when dropped.
 #[derive(Debug)]
 pub struct Hold {
+    what: Held,
     release: Release,
 }
 
@@ -156,7 +157,9 @@ impl Holdings {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(holder.clone(), key.clone());
+            metrics::gauge!("unbroken_held", "what" => what.name()).increment(1);
             return Ok(Hold {
+                what,
                 release: Release::Shared(SharedHoldsRef {
                     holder,
                     key,
@@ -179,7 +182,9 @@ impl Holdings {
         }
         *count += 1;
         drop(counts);
+        metrics::gauge!("unbroken_held", "what" => what.name()).increment(1);
         Ok(Hold {
+            what,
             release: Release::Local(Arc::clone(&self.counts), key),
         })
     }
@@ -199,6 +204,7 @@ impl Holdings {
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        metrics::gauge!("unbroken_held", "what" => self.what.name()).decrement(1);
         match &self.release {
             Release::Local(counts, key) => {
                 let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
