@@ -12,7 +12,6 @@
 //! - `prefix`: the output of a continued answer, without the whitespace or echo the
 //!   partial answer already holds.
 
-mod prefix;
 mod request;
 mod stream;
 
@@ -177,7 +176,9 @@ impl Provider for AnthropicProvider {
             let response = inner.upstream.post(body).await.map_err(refusal_code)?;
             let deltas = events::deltas(upstream::body(response), stream::EventDecoder::default());
             Ok(match request.assistant_prefix.as_deref() {
-                Some(partial) if !partial.is_empty() => prefix::continue_after(deltas, partial),
+                Some(partial) if !partial.is_empty() => {
+                    crate::upstream::prefix::continue_after(deltas, partial, true)
+                }
                 _ => deltas,
             })
         })

@@ -9,7 +9,6 @@
 //! - `stream`: reading the chunks into deltas.
 //! - `echo`: dropping a continued answer's echoed prefix.
 
-mod echo;
 mod request;
 mod stream;
 
@@ -141,7 +140,7 @@ impl Provider for OpenAiProvider {
             let response = inner.upstream.post(body).await?;
             let deltas = events::deltas(upstream::body(response), stream::ChunkDecoder::default());
             Ok(match request.assistant_prefix.as_deref() {
-                Some(prefix) => echo::drop_echo(deltas, prefix),
+                Some(prefix) => crate::upstream::prefix::continue_after(deltas, prefix, false),
                 None => deltas,
             })
         })

@@ -9,6 +9,7 @@
 //! https is rustls with the `ring` provider and the platform's certificate verifier.
 
 pub(crate) mod events;
+pub(crate) mod prefix;
 
 use std::time::Duration;
 

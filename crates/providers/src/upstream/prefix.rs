@@ -1,13 +1,13 @@
 //! The output of a continued answer, without what the partial answer already holds.
 //!
-//! The Messages API refuses a final assistant turn that ends in whitespace, so the
-//! request sends the partial answer without its trailing whitespace (`request`), and the
-//! model usually starts its continuation by writing that whitespace again. The gateway
-//! has already shown it, so it is dropped from the start of the continuation: as much of
-//! it as the continuation begins with. An upstream that repeats the whole (trimmed)
-//! partial answer first has that echo dropped too, as `openai/echo.rs` does, and only
-//! for partial answers of at least [`MIN_ECHO`] bytes: a short one could begin the real
-//! continuation by chance.
+//! Some upstreams answer a continued request with the partial answer again before the new
+//! text; the gateway appends only new text, so that echo is dropped, and only for partial
+//! answers of at least [`MIN_ECHO`] bytes: a short one could begin the real continuation
+//! by chance. The Messages API also refuses a final assistant turn that ends in
+//! whitespace, so its request sends the partial answer without its trailing whitespace,
+//! and the model usually starts its continuation by writing that whitespace again. The
+//! gateway has already shown it, so with `space_left_out` it is dropped from the start of
+//! the continuation too: as much of it as the continuation begins with.
 //!
 //! Text is held only while it could still be that whitespace or that echo; text that
 //! differs passes at once, and anything else but token counts (a tool call, the finish,
@@ -46,8 +46,12 @@ struct Trim {
 }
 
 impl Trim {
-    fn new(prefix: &str) -> Self {
-        let kept = prefix.trim_end();
+    fn new(prefix: &str, space_left_out: bool) -> Self {
+        let kept = if space_left_out {
+            prefix.trim_end()
+        } else {
+            prefix
+        };
         let phase = if kept.len() >= MIN_ECHO {
             Phase::Echo
         } else {
@@ -109,10 +113,15 @@ struct Filter {
     ended: bool,
 }
 
-/// `deltas`, the continuation of the partial answer `prefix`, without the whitespace or
-/// the echo of `prefix` at their start.
-pub(super) fn continue_after(deltas: DeltaStream, prefix: &str) -> DeltaStream {
-    let trim = Trim::new(prefix);
+/// `deltas`, the continuation of the partial answer `prefix`, without the echo of
+/// `prefix` at their start, nor (with `space_left_out`: the request sent `prefix` without
+/// its trailing whitespace) that whitespace written again.
+pub(crate) fn continue_after(
+    deltas: DeltaStream,
+    prefix: &str,
+    space_left_out: bool,
+) -> DeltaStream {
+    let trim = Trim::new(prefix, space_left_out);
     if trim.space.is_empty() && trim.phase == Phase::Space {
         return deltas;
     }
@@ -173,7 +182,7 @@ mod tests {
                 reason: "stop".into(),
             })])
             .collect();
-        let mut out = continue_after(Box::pin(stream::iter(items)), prefix);
+        let mut out = continue_after(Box::pin(stream::iter(items)), prefix, true);
         let mut text = String::new();
         let mut finished = false;
         while let Some(item) = out.next().await {
@@ -239,7 +248,7 @@ mod tests {
             Ok(Delta::Text(" x".into())),
             Err(ProviderError::Interrupted("cut".into())),
         ];
-        let out: Vec<_> = continue_after(Box::pin(stream::iter(items)), "List:\n\n")
+        let out: Vec<_> = continue_after(Box::pin(stream::iter(items)), "List:\n\n", true)
             .collect()
             .await;
         assert!(matches!(out[0], Ok(Delta::ToolCall { .. })), "{out:?}");
@@ -251,16 +260,51 @@ mod tests {
             Ok(Delta::Text("Once upon".into())),
             Err(ProviderError::Interrupted("cut".into())),
         ];
-        let out: Vec<_> =
-            continue_after(Box::pin(stream::iter(items)), "Once upon a time, in a land")
-                .collect()
-                .await;
+        let out: Vec<_> = continue_after(
+            Box::pin(stream::iter(items)),
+            "Once upon a time, in a land",
+            true,
+        )
+        .collect()
+        .await;
         assert_eq!(
             out,
             [
                 Ok(Delta::Text("Once upon".into())),
                 Err(ProviderError::Interrupted("cut".into()))
             ]
+        );
+    }
+
+    /// An upstream sent the whole partial answer: only its echo is dropped, and the
+    /// whitespace of the continuation is the continuation's.
+    #[tokio::test]
+    async fn with_the_whole_prefix_sent_only_an_echo_is_dropped() {
+        let through = |prefix: &'static str, pieces: &'static [&'static str]| async move {
+            let items: Vec<Result<Delta, ProviderError>> = pieces
+                .iter()
+                .map(|p| Ok(Delta::Text((*p).to_owned())))
+                .collect();
+            let out: Vec<_> = continue_after(Box::pin(stream::iter(items)), prefix, false)
+                .collect()
+                .await;
+            out.into_iter()
+                .map(|item| match item {
+                    Ok(Delta::Text(text)) => text,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<String>()
+        };
+        let prefix = "Once upon a time, in a land";
+        assert_eq!(
+            through(prefix, &["Once upon a ", "time, in a land", " far away"]).await,
+            " far away"
+        );
+        assert_eq!(through(prefix, &[" far", " away"]).await, " far away");
+        assert_eq!(through("Hi ", &[" there"]).await, " there");
+        assert_eq!(
+            through(prefix, &["Once upon", " a dream"]).await,
+            "Once upon a dream"
         );
     }
 }
