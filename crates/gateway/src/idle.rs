@@ -7,7 +7,8 @@
 //! over), never more. The sweep runs on every node every [`SWEEP_EVERY`] at most
 //! (sooner for a short TTL): it lists the open sessions and tasks, and ends each whose last
 //! record is older than its `idle_ttl_s`. A session ends with an `expired` event
-//! (completed); a task fails with `{"error": "idle"}`. Two nodes sweeping the same stream
+//! (completed); a task fails with `{"error": "idle"}`. The system's own streams (the
+//! usage ledger's days, which are tasks) are never ended. Two nodes sweeping the same stream
 //! at once is harmless: the second finds it ended.
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use streamlog::{LogError, Record, StreamKind, StreamLog, StreamMeta, StreamState
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::writers::namespace;
 
 /// The longest time between two sweeps.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -98,7 +100,11 @@ pub async fn sweep(state: &AppState, now_ms: u64) -> usize {
             }
         };
         let cutoff = now_ms.saturating_sub(ttl_s.saturating_mul(1000));
-        for meta in open.iter().filter(|meta| meta.updated_ms < cutoff) {
+        // The system's own streams (the usage ledger's days) are kept.
+        let idle = open
+            .iter()
+            .filter(|meta| meta.updated_ms < cutoff && meta.owner != namespace::SYSTEM);
+        for meta in idle {
             match expire(state, meta).await {
                 Ok(()) => ended += 1,
                 // Ended meanwhile (a message, a completion, another node's sweep).

@@ -99,6 +99,10 @@ async fn sessions_and_tasks_left_idle_are_ended_and_busy_ones_are_not() {
         .await
         .unwrap();
     let task = task["taskId"].as_str().unwrap().to_owned();
+    // An answer, so the usage ledger has a day: the system's streams are never swept.
+    let answer = gateway.chat(&common::chat_body("m", false)).await;
+    assert_eq!(answer.status(), 200);
+    gateway.settle().await;
     let now = gateway::usage::now_ms();
 
     // Within both TTLs nothing ends; past the task's only the task; past both, the session.
