@@ -96,6 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "unbroken: no models configured; add [[models]] to a config file (docs/CONFIG.md)"
         );
     }
+    gateway::check_tls(&config.server).map_err(anyhow::Error::msg)?;
     let listener = gateway::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     // Whoever started us may stop reading stdout; that must not stop the gateway.

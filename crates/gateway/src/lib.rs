@@ -54,6 +54,15 @@ pub fn app(state: AppState) -> Router {
     http::routes(state)
 }
 
+/// Load `[server] tls_cert` and `tls_key`, if set, so a bad pair is reported before the
+/// gateway says where it listens.
+///
+/// # Errors
+/// A message naming the file at fault.
+pub fn check_tls(server: &config::ServerConfig) -> Result<(), String> {
+    tls::acceptor(server).map(|_| ())
+}
+
 /// Serve until `shutdown` resolves, then shut down gracefully: stop accepting, end every
 /// reader cleanly (clients reconnect elsewhere with their `Last-Event-ID`), let writers
 /// finish within `shutdown_grace`, and stop the rest where they are — their streams stay
