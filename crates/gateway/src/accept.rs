@@ -15,6 +15,11 @@
 //! loop itself, without a task or hyper, and closed; over TLS it is closed unanswered (a
 //! handshake is the work the cap exists to refuse).
 //!
+//! hyper answers a request it cannot parse itself (`400`, `414`, `431`); on HTTP/1.1 those
+//! answers get our JSON error body too ([`refusals`]). Every socket is a [`SlowWriter`]:
+//! with [`Options::slow_reader_timeout`], a client that reads nothing for that long while
+//! bytes wait for it is disconnected.
+//!
 //! On `signal` the listener closes and every connection shuts down gracefully: a request
 //! in flight finishes (the SSE bodies end on the gateway's own shutdown signal), an idle
 //! keep-alive connection closes (HTTP/2: a GOAWAY), a TLS handshake under way is
@@ -39,6 +44,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::signal::Signal;
+use crate::slow::SlowWriter;
+
+mod refusals;
+
+use refusals::Refusals;
 
 /// After the shutdown grace, how long the last events (a reader's `interrupted` error)
 /// have to reach their clients before the connections are closed.
@@ -63,6 +73,9 @@ pub struct Options {
     pub max_connections: usize,
     /// HTTPS, when set.
     pub tls: Option<TlsAcceptor>,
+    /// A connection whose writes have been refused this long (its client reads nothing
+    /// while bytes wait) is closed ([`SlowWriter`]); `None` never closes one.
+    pub slow_reader_timeout: Option<Duration>,
 }
 
 impl Options {
@@ -80,6 +93,7 @@ impl Options {
             grace: server.shutdown_grace(),
             max_connections,
             tls,
+            slow_reader_timeout: None,
         })
     }
 }
@@ -96,7 +110,8 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     // One contiguous write per flush, as `axum::serve` did: a token's chunk header, event
     // and CRLF are copied together (callgrind over 20 k tokens: 616 M instructions, as
-    // before, against 631 M with hyper's vectored writes).
+    // before, against 631 M with hyper's vectored writes). It also hands a refusal of
+    // hyper's to [`Refusals`] in one piece.
     http.writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout);
@@ -137,9 +152,11 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let closed = close_all.clone();
+        let tcp = SlowWriter::new(tcp, options.slow_reader_timeout);
         match &tls {
             None => {
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+                let io = TokioIo::new(Refusals::new(tcp));
+                let connection = graceful.watch(http.serve_connection(io, service));
                 connections.spawn(async move {
                     let _slot = slot;
                     tokio::select! {
@@ -188,7 +205,7 @@ impl Tls {
     /// chose by ALPN until the connection ends.
     async fn serve(
         &self,
-        tcp: TcpStream,
+        tcp: SlowWriter<TcpStream>,
         service: TowerToHyperService<Router>,
         watcher: Watcher,
         stopping: &Signal,
@@ -210,12 +227,13 @@ impl Tls {
             () = stopping.raised() => return,
         };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(crate::tls::H2);
-        let io = TokioIo::new(stream);
         let result = if h2 {
+            let io = TokioIo::new(stream);
             watcher
                 .watch(self.http2.serve_connection(io, service))
                 .await
         } else {
+            let io = TokioIo::new(Refusals::new(stream));
             watcher
                 .watch(self.http1.serve_connection(io, service))
                 .await

@@ -219,10 +219,51 @@ impl ApiError {
         } else {
             "upstream_error"
         };
+        // Every 429 says when to come back: the upstream's wait, or a second when it gave
+        // none (the SDKs back off by themselves either way).
+        let retry_after = error
+            .retry_after()
+            .map(|d| d.as_secs().max(1))
+            .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(1));
         Self {
-            retry_after: error.retry_after().map(|d| d.as_secs().max(1)),
+            retry_after,
             ..Self::new(status, kind, error.code().to_owned(), error.to_string())
         }
+    }
+
+    /// 400: a request hyper could not parse, answered before any handler (see
+    /// `accept::refusals`): a malformed request line or header, two different
+    /// `Content-Length`s, a `Transfer-Encoding` whose last coding is not `chunked`.
+    pub fn malformed_http() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "malformed_request",
+            "the request is not valid HTTP/1.1: a malformed request line or header, two \
+             different Content-Length headers, or a Transfer-Encoding that does not end in \
+             chunked"
+                .into(),
+        )
+    }
+
+    /// 414: a request URI longer than an `http::Uri` holds (65,534 bytes).
+    pub fn uri_too_long() -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "invalid_request_error",
+            "uri_too_long",
+            "the request URI is longer than 65534 bytes".into(),
+        )
+    }
+
+    /// 431: a request line and headers larger than the connection's read buffer.
+    pub fn head_too_large() -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "headers_too_large",
+            "the request line and headers are too large".into(),
+        )
     }
 
     /// The JSON body.
@@ -272,6 +313,13 @@ impl From<streamlog::LogError> for ApiError {
                     ..ApiError::unavailable("the stream log is unavailable; try again shortly")
                 }
             }
+            streamlog::LogError::Full => ApiError {
+                code: "store_full".into(),
+                retry_after: Some(5),
+                ..ApiError::unavailable(
+                    "the store's byte budget is spent by answers in flight; try again shortly",
+                )
+            },
             other => ApiError::internal("stream log", &other),
         }
     }

@@ -85,7 +85,10 @@ pub async fn run(
     ));
     housekeeping.spawn(http::hub::retention(state.clone(), state.shutdown.clone()));
     housekeeping.spawn(generation::scan_periodically(state.clone()));
-    housekeeping.spawn(idle::sweep_periodically(state.clone(), state.shutdown.clone()));
+    housekeeping.spawn(idle::sweep_periodically(
+        state.clone(),
+        state.shutdown.clone(),
+    ));
     housekeeping.spawn(limits::keep_holds(
         state.holdings.clone(),
         state.shutdown.clone(),
@@ -114,7 +117,7 @@ pub async fn run(
             stopping.hard_stop.raise();
         }
     };
-    let options = match accept::Options::new(&state.server, state.limits.max_connections) {
+    let mut options = match accept::Options::new(&state.server, state.limits.max_connections) {
         Ok(options) => options,
         Err(error) => {
             // Nothing was served: stop the housekeeping started above.
@@ -122,6 +125,8 @@ pub async fn run(
             return Err(error);
         }
     };
+    options.slow_reader_timeout = (state.limits.slow_reader_timeout_ms > 0)
+        .then(|| std::time::Duration::from_millis(state.limits.slow_reader_timeout_ms));
     let serve = accept::serve(listener, app(state.clone()), options, signal);
     let mut drain = std::pin::pin!(drain);
     let mut serve = std::pin::pin!(serve);

@@ -93,7 +93,9 @@ struct SharedHoldsRef {
 
 impl std::fmt::Debug for SharedHolds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedHolds").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("SharedHolds")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -222,7 +224,9 @@ impl Drop for Hold {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .remove(&hold.holder);
-                    let _ = shared.released.send((hold.key.clone(), hold.holder.clone()));
+                    let _ = shared
+                        .released
+                        .send((hold.key.clone(), hold.holder.clone()));
                 }
             }
         }
@@ -363,7 +367,12 @@ impl Rates {
         }
         let wait = match self.shared.as_ref().and_then(|log| log.as_redis()) {
             Some(redis) => redis
-                .bucket(&self.key(principal.as_str()), per_minute, u64::from(spend), true)
+                .bucket(
+                    &self.key(principal.as_str()),
+                    per_minute,
+                    u64::from(spend),
+                    true,
+                )
                 .await?
                 .err(),
             None => self.admit_at(principal.as_str(), per_minute, spend, Instant::now()),
@@ -404,7 +413,9 @@ impl Rates {
             return;
         }
         if let Some(redis) = self.shared.as_ref().and_then(|log| log.as_redis()) {
-            let charged = redis.bucket(&self.key(principal), per_minute, amount, false).await;
+            let charged = redis
+                .bucket(&self.key(principal), per_minute, amount, false)
+                .await;
             if let Err(error) = charged {
                 tracing::warn!(%error, "could not charge a principal's tokens");
             }
@@ -481,7 +492,10 @@ mod tests {
         let alice = Principal::new("alice", Scopes::DEFAULT);
         rates.charge("alice", 60, 100).await;
         let refused = rates.admit(&alice, 60, false).await.unwrap_err();
-        assert_eq!((refused.status.as_u16(), refused.code.as_ref()), (429, "tokens_rate_limited"));
+        assert_eq!(
+            (refused.status.as_u16(), refused.code.as_ref()),
+            (429, "tokens_rate_limited")
+        );
         assert!(rates.admit(&alice, 0, false).await.is_ok());
     }
 }

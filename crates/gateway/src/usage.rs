@@ -250,9 +250,30 @@ fn day_name(day: u64) -> String {
 
 /// An RFC 3339 time (`2026-12-06T10:00:00Z`) in milliseconds since the Unix epoch.
 pub fn parse_time(text: &str) -> Option<u64> {
-    let time = humantime::parse_rfc3339_weak(text).ok()?;
+    let text = text.trim().to_ascii_uppercase();
+    // A numeric offset (`+01:00`), which humantime does not read: parse the local time as
+    // UTC, then take the offset away.
+    let (local, offset_ms) = match text.len().checked_sub(6).map(|at| text.split_at(at)) {
+        Some((local, offset))
+            if local.contains('T')
+                && offset.len() == 6
+                && matches!(offset.as_bytes()[0], b'+' | b'-')
+                && offset.as_bytes()[3] == b':' =>
+        {
+            let hours: i64 = offset[1..3].parse().ok()?;
+            let minutes: i64 = offset[4..6].parse().ok()?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            (format!("{local}Z"), sign * (hours * 60 + minutes) * 60_000)
+        }
+        _ => (text, 0),
+    };
+    let time = humantime::parse_rfc3339_weak(&local).ok()?;
     let since = time.duration_since(UNIX_EPOCH).ok()?;
-    u64::try_from(since.as_millis()).ok()
+    let ms = i64::try_from(since.as_millis()).ok()?;
+    u64::try_from(ms.checked_sub(offset_ms)?).ok()
 }
 
 /// Milliseconds since the Unix epoch as RFC 3339.
@@ -326,5 +347,10 @@ mod tests {
         let ms = parse_time("2026-12-06T10:00:00Z").unwrap();
         assert_eq!(format_time(ms), "2026-12-06T10:00:00.000Z");
         assert_eq!(parse_time("yesterday"), None);
+        // Offsets and lowercase letters, as RFC 3339 allows.
+        assert_eq!(parse_time("2026-12-06T11:00:00+01:00"), Some(ms));
+        assert_eq!(parse_time("2026-12-06T08:30:00-01:30"), Some(ms));
+        assert_eq!(parse_time("2026-12-06t10:00:00z"), Some(ms));
+        assert_eq!(parse_time("2026-12-06T10:00:00+24:00"), None);
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Events, Gateway, chat_body, http};
+use serde_json::{Value, json};
 
 const SIM: &str = r#"
 [server]
@@ -397,4 +398,119 @@ async fn stalled_requests_are_cut_off() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+}
+
+/// The status line and the JSON error code of a raw answer.
+fn raw_error(answer: &str) -> (String, String) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect(answer);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).expect(body);
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body["error"]["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn requests_hyper_refuses_get_the_json_error_shape_too() {
+    let gateway = Gateway::start(SIM).await;
+    // Longer than an `http::Uri` can hold: no router ever sees it.
+    let long = format!(
+        "GET /v1/streams/{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let chat = "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n";
+    let cases = [
+        (long, "http/1.1 414 uri too long", "uri_too_long"),
+        (
+            format!("{chat}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"),
+            "http/1.1 400 bad request",
+            "malformed_request",
+        ),
+        (
+            format!("{chat}Transfer-Encoding: gzip\r\n\r\n{{}}"),
+            "http/1.1 400 bad request",
+            "malformed_request",
+        ),
+        (
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nNo colon\r\n\r\n".to_owned(),
+            "http/1.1 400 bad request",
+            "malformed_request",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let answer = raw_exchange(&gateway.url, request.as_bytes()).await;
+        assert_eq!(
+            raw_error(&answer),
+            (status.to_owned(), code.to_owned()),
+            "{}",
+            &request[..request.len().min(80)]
+        );
+    }
+    // A request after a good one on the same connection: the first answer is untouched.
+    let pipelined = raw_exchange(
+        &gateway.url,
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\nGET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    let (first, refusal) = pipelined.split_once("HTTP/1.1 400").expect(&pipelined);
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(first.ends_with(r#"{"status":"ok"}"#), "{first}");
+    assert_eq!(
+        raw_error(&format!("HTTP/1.1 400{refusal}")).1,
+        "malformed_request"
+    );
+}
+
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_whole_numbers() {
+    let gateway = Gateway::start(SIM).await;
+    let mut body = chat_body("sim", false);
+    body["max_tokens"] = json!(3.0);
+    body["seed"] = json!(7.0);
+    assert_eq!(gateway.chat(&body).await.status(), 200);
+    body["max_tokens"] = json!(3.5);
+    assert_eq!(
+        error_of(gateway.chat(&body).await).await,
+        (400, "invalid_request".to_owned())
+    );
+    let task = http()
+        .post(format!("{}/v1/tasks", gateway.url))
+        .json(&json!({"title": null, "total": 4.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(task.status(), 201);
+    let task: Value = task.json().await.unwrap();
+    let progress = |body: Value| {
+        let url = format!(
+            "{}/v1/tasks/{}/progress",
+            gateway.url,
+            task["taskId"].as_str().unwrap()
+        );
+        async move { http().post(url).json(&body).send().await.unwrap() }
+    };
+    assert_eq!(
+        progress(json!({"step": 1.0, "total": 4.0})).await.status(),
+        200
+    );
+    assert_eq!(
+        error_of(progress(json!({"step": 2, "message": {}})).await).await,
+        (400, "invalid_request".to_owned())
+    );
+    let titled = http()
+        .post(format!("{}/v1/tasks", gateway.url))
+        .json(&json!({"title": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(titled).await, (400, "invalid_request".to_owned()));
 }

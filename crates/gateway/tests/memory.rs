@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Gateway, http};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,4 +83,69 @@ async fn large_events_to_stalled_readers_stay_within_the_byte_budgets() {
         published >> 20
     );
     drop(readers);
+}
+
+#[tokio::test]
+async fn a_reader_that_takes_nothing_is_evicted_and_resumes_without_a_loss() {
+    let gateway = Gateway::start("[limits]\nslow_reader_timeout_ms = 300\n").await;
+    let blob = "y".repeat(256 * 1024);
+    let publish = |n: usize| {
+        let url = format!("{}/v1/topics/slow/events", gateway.url);
+        let body = json!({"event": "blob", "data": {"n": n, "blob": blob}});
+        async move {
+            let published = http().post(url).json(&body).send().await.unwrap();
+            assert!(published.status().is_success(), "{}", published.status());
+        }
+    };
+    publish(0).await;
+    let mut stalled = stalled_reader(&gateway.url, "/v1/topics/slow?from=earliest").await;
+    // More than the socket buffers hold: writes to the reader stall.
+    for n in 1..64 {
+        publish(n).await;
+    }
+    let readers = || {
+        gateway
+            .state
+            .holdings
+            .count(gateway::limits::Held::Readers, "anonymous")
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while readers() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled reader was never evicted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The connection was closed: what was sent arrives, then the end.
+    let mut received = Vec::new();
+    // Closed with data unsent: an end or a reset (an error), either way no more data.
+    let _end_or_reset = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stalled.read_to_end(&mut received),
+    )
+    .await
+    .expect("the connection ends");
+    let text = String::from_utf8_lossy(&received);
+    let last_id = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .next_back()
+        .expect("some events arrived")
+        .to_owned();
+    // Resuming from the last id it got delivers the rest, the last event included.
+    let resumed = http()
+        .get(format!("{}/v1/topics/slow", gateway.url))
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    let mut events = common::Events::new(resumed);
+    loop {
+        let event = events.next().await.expect("events up to the last");
+        let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        if data["n"] == 63 {
+            break;
+        }
+    }
 }

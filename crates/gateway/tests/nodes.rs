@@ -400,7 +400,10 @@ async fn limits_are_counted_by_every_node_together() {
             break;
         }
         assert_eq!(again.status(), 429);
-        assert!(tokio::time::Instant::now() < deadline, "the reader's place was never freed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader's place was never freed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

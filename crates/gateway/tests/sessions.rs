@@ -214,7 +214,7 @@ async fn session_ids_are_validated_and_ended_sessions_close() {
         reader.next().await.is_none(),
         "the channel ends with the session"
     );
-    assert_eq!(send(&gateway, &id, "hello?").await.status(), 404);
+    assert_eq!(send(&gateway, &id, "hello?").await.status(), 409);
     let missing = http()
         .post(format!("{}/v1/sessions/{id}/messages", gateway.url))
         .json(&json!({ "content": "" }))

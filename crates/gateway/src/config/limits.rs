@@ -56,7 +56,7 @@ pub struct SessionsConfig {
     /// Default 1,000.
     pub max_open_per_principal: u64,
     /// A session with no message for this long is ended (and deleted `stream_ttl_s`
-    /// later); a message to it then gets 410 `session_expired`. Default 7 days.
+    /// later); a message to it then gets 409 `session_ended`. Default 7 days.
     pub idle_ttl_s: u64,
 }
 

@@ -73,11 +73,16 @@ pub async fn create(
         body,
         idempotency_key,
         commit_after: call.stream.then(|| state.server.heartbeat_interval()),
-        hold: Some(state.holdings.take(
-            Held::Streams,
-            &principal,
-            state.limits.max_streams_per_principal,
-        ).await?),
+        hold: Some(
+            state
+                .holdings
+                .take(
+                    Held::Streams,
+                    &principal,
+                    state.limits.max_streams_per_principal,
+                )
+                .await?,
+        ),
     };
     let (meta, serving) = match generation::start(&state, start).await? {
         Begun::New(meta, serving) => (meta, serving),
@@ -112,11 +117,16 @@ async fn answer(
             call.include_usage,
         );
         let mut options = body::options(state);
-        options.hold = Some(state.holdings.take(
-            Held::Readers,
-            principal,
-            state.limits.max_readers_per_principal,
-        ).await?);
+        options.hold = Some(
+            state
+                .holdings
+                .take(
+                    Held::Readers,
+                    principal,
+                    state.limits.max_readers_per_principal,
+                )
+                .await?,
+        );
         options.shutdown = ends_at;
         return Ok(body::response(meta.id, records, render, options, guard));
     }
@@ -273,6 +283,7 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
         Some(_) => return Err(field_error("stream", "must be a boolean")),
     };
     let include_usage = include_usage(object.remove("stream_options"))?;
+    whole_numbers(&mut object);
     for (field, check) in [
         ("temperature", Value::is_number as fn(&Value) -> bool),
         ("top_p", Value::is_number),
@@ -312,6 +323,18 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
         include_usage,
         request,
     })
+}
+
+/// Whole numbers sent as floats (`5.0`) are whole numbers, as JSON Schema counts them:
+/// the integer fields of a request are stored as integers.
+pub fn whole_numbers(object: &mut serde_json::Map<String, Value>) {
+    for field in ["max_tokens", "max_completion_tokens", "seed", "n"] {
+        if let Some(value) = object.get_mut(field)
+            && let Some(n) = crate::http::extract::whole_number(value)
+        {
+            *value = Value::from(n);
+        }
+    }
 }
 
 /// `stream_options.include_usage` (false when absent).

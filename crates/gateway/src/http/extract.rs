@@ -72,11 +72,14 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// `Last-Event-ID` from the header or the query; absent means 0 (from the start).
+/// `Last-Event-ID` from the header or else the query; absent or empty means 0 (from the
+/// start).
 pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Seq, ApiError> {
     let header = headers
         .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        // An empty header says nothing: the query, if any, still counts.
+        .filter(|v| !v.is_empty());
     match header.or(query) {
         None | Some("") => Ok(0),
         Some(text) => text.trim().parse::<Seq>().map_err(|_| {
@@ -94,5 +97,32 @@ pub fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
         ApiError::too_large(limit)
     } else {
         ApiError::bad_request("invalid_body", rejection.body_text())
+    }
+}
+
+/// A JSON whole number: an integer, or a number with no fractional part (`5.0`), as JSON
+/// Schema counts them. `None` for anything else, negative numbers included.
+pub fn whole_number(value: &serde_json::Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let n = value.as_f64()?;
+    // 2^64 as a float: every whole float below it converts exactly.
+    (n >= 0.0 && n.fract() == 0.0 && n < 18_446_744_073_709_551_616.0).then_some(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_number;
+    use serde_json::json;
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats() {
+        assert_eq!(whole_number(&json!(5)), Some(5));
+        assert_eq!(whole_number(&json!(5.0)), Some(5));
+        assert_eq!(whole_number(&json!(5.5)), None);
+        assert_eq!(whole_number(&json!(-1)), None);
+        assert_eq!(whole_number(&json!(1e30)), None);
+        assert_eq!(whole_number(&json!("5")), None);
     }
 }

@@ -24,7 +24,7 @@ use streamlog::{LogError, NewStream, Record, StreamId, StreamKind, StreamMeta, S
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::http::body;
-use crate::http::extract::{ApiPath, ApiQuery, body_error, last_event_id};
+use crate::http::extract::{ApiPath, ApiQuery, body_error, last_event_id, whole_number};
 use crate::http::named;
 use crate::http::render::Events;
 use crate::limits::Held;
@@ -163,8 +163,24 @@ pub async fn retention_pass(state: &AppState) {
     }
 }
 
+/// Check that `body[field]`, if present and not null, is a whole number, and store it as
+/// an integer (`5.0` becomes `5`).
+fn optional_whole(body: &mut Value, field: &str) -> Result<(), ApiError> {
+    let Some(value) = body.get_mut(field) else {
+        return Ok(());
+    };
+    if value.is_null() {
+        return Ok(());
+    }
+    let n = whole_number(value).ok_or_else(|| {
+        ApiError::bad_request("invalid_request", format!("{field} must be a whole number"))
+    })?;
+    *value = Value::from(n);
+    Ok(())
+}
+
 fn single_line(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.is_empty() || value.len() > 256 || value.contains(['\r', '\n', '\0']) {
+    if value.is_empty() || value.chars().count() > 256 || value.contains(['\r', '\n', '\0']) {
         return Err(ApiError::bad_request(
             "invalid_event",
             format!("{field} must be 1 to 256 characters without CR, LF or NUL"),
@@ -322,11 +338,16 @@ pub async fn subscribe(
     let (after, reset) =
         named::start(&headers, &meta, otherwise, meta.first_seq.saturating_sub(1))?;
     let mut options = body::options(&state);
-    options.hold = Some(state.holdings.take(
-        Held::Readers,
-        &principal,
-        state.limits.max_readers_per_principal,
-    ).await?);
+    options.hold = Some(
+        state
+            .holdings
+            .take(
+                Held::Readers,
+                &principal,
+                state.limits.max_readers_per_principal,
+            )
+            .await?,
+    );
     if reset {
         named::reset_event(&mut options.prelude);
     }
@@ -365,13 +386,15 @@ pub async fn create_task(
             "the body must be a JSON object",
         ));
     }
+    let mut body = body;
+    optional_whole(&mut body, "total")?;
     if body
-        .get("total")
-        .is_some_and(|t| !t.is_u64() && !t.is_null())
+        .get("title")
+        .is_some_and(|t| !t.is_string() && !t.is_null())
     {
         return Err(ApiError::bad_request(
             "invalid_request",
-            "total must be a whole number",
+            "title must be a string",
         ));
     }
     crate::idle::check_quota(
@@ -430,12 +453,23 @@ pub async fn progress(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Publish)?;
     let body = json_body(body, state.server.max_body_bytes)?;
-    let Some(step) = body.get("step").and_then(Value::as_u64) else {
+    let mut body = body;
+    let Some(step) = body.get("step").and_then(whole_number) else {
         return Err(ApiError::bad_request(
             "invalid_request",
             "step must be a whole number",
         ));
     };
+    optional_whole(&mut body, "total")?;
+    if body
+        .get("message")
+        .is_some_and(|m| !m.is_string() && !m.is_null())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "message must be a string",
+        ));
+    }
     let data = json!({
         "step": step,
         "total": body.get("total").cloned().unwrap_or(Value::Null),
@@ -547,11 +581,16 @@ pub async fn task_events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let mut options = body::options(&state);
-    options.hold = Some(state.holdings.take(
-        Held::Readers,
-        &principal,
-        state.limits.max_readers_per_principal,
-    ).await?);
+    options.hold = Some(
+        state
+            .holdings
+            .take(
+                Held::Readers,
+                &principal,
+                state.limits.max_readers_per_principal,
+            )
+            .await?,
+    );
     let _ = sse::write_event(
         &mut options.prelude,
         Some("task_status"),

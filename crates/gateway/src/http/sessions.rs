@@ -43,8 +43,13 @@ async fn session(
     }
     let not_found = || ApiError::not_found("session_not_found", "no such session");
     let namespace = namespace::session(principal.as_str());
-    let found =
-        find_named_stream(state.log.as_ref(), namespace.clone(), id, StreamKind::Session).await?;
+    let found = find_named_stream(
+        state.log.as_ref(),
+        namespace.clone(),
+        id,
+        StreamKind::Session,
+    )
+    .await?;
     let meta = match found {
         Some(meta) => meta,
         None if create => {
@@ -208,11 +213,16 @@ pub async fn events(
     }
     let records = state.log.read(meta.id, after).await?;
     let mut options = body::options(&state);
-    options.hold = Some(state.holdings.take(
-        Held::Readers,
-        &principal,
-        state.limits.max_readers_per_principal,
-    ).await?);
+    options.hold = Some(
+        state
+            .holdings
+            .take(
+                Held::Readers,
+                &principal,
+                state.limits.max_readers_per_principal,
+            )
+            .await?,
+    );
     let connected = json!({ "sessionId": id }).to_string();
     let _ = sse::write_event(&mut options.prelude, Some("connected"), None, &connected);
     if reset {
@@ -281,6 +291,7 @@ pub async fn message(
         ));
     }
     fields.remove("stream");
+    crate::http::chat::whole_numbers(&mut fields);
     // The rest of the request is checked as the chat endpoint checks it (`n`, sampling
     // parameters, their types), with the same errors naming the field.
     let mut probe = fields.clone();
@@ -315,11 +326,16 @@ pub async fn message(
             body: Bytes::from(Value::Object(request_json).to_string()),
             idempotency_key: None,
             commit_after: None,
-            hold: Some(state.holdings.take(
-                Held::Streams,
-                &principal,
-                state.limits.max_streams_per_principal,
-            ).await?),
+            hold: Some(
+                state
+                    .holdings
+                    .take(
+                        Held::Streams,
+                        &principal,
+                        state.limits.max_streams_per_principal,
+                    )
+                    .await?,
+            ),
         };
         match generation::start(&state, start).await? {
             Begun::New(answer, _) | Begun::Existing(answer) => Ok::<_, ApiError>(answer.id),
