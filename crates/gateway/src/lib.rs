@@ -30,6 +30,7 @@ pub mod http;
 pub mod idle;
 pub mod limits;
 pub mod live;
+pub mod responses;
 pub mod router;
 pub mod signal;
 mod slow;

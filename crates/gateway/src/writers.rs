@@ -94,6 +94,9 @@ pub mod namespace {
     pub const TOPIC: &str = "topic\u{1f}";
     /// The usage ledger's days.
     pub const USAGE: &str = "usage\u{1f}";
+    /// Deleted responses (`DELETE /v1/responses/{id}`), by stream id: a tombstone, purged
+    /// with its stream.
+    pub const DELETED: &str = "deleted\u{1f}";
     /// The owner of the system's streams (topics, the usage ledger): no principal can be
     /// called that.
     pub const SYSTEM: &str = "\u{1}system";

@@ -70,12 +70,27 @@ pub enum GenerationError {
 pub fn adapter_request(mut object: Map<String, Value>) -> Result<ChatRequest, serde_json::Error> {
     object.remove("stream");
     object.remove("stream_options");
+    object.remove(crate::responses::ENVELOPE_KEY);
     if let Some(max) = object.remove("max_completion_tokens")
         && !object.contains_key("max_tokens")
     {
         object.insert("max_tokens".into(), max);
     }
     serde_json::from_value(Value::Object(object))
+}
+
+/// How long an answer nobody reads keeps going when it runs in the background (a
+/// Responses API `background: true` response): in effect, until it ends.
+pub const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Whether the stored request body is of a response created with `background: true`.
+pub fn runs_in_background(body: &Bytes) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|body| {
+        body.get(crate::responses::ENVELOPE_KEY)
+            .and_then(|envelope| envelope.get("background"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    })
 }
 
 /// The model name and adapter request of a chat stream, from its stored request body.

@@ -45,6 +45,9 @@ pub struct Start {
     pub commit_after: Option<Duration>,
     /// The principal's count of answers generating, held until this one ends.
     pub hold: Option<crate::limits::Hold>,
+    /// How long the answer goes on with no reader attached; `None`: `[server]
+    /// reader_grace_ms`.
+    pub reader_grace: Option<Duration>,
 }
 
 /// A started generation's stream.
@@ -72,6 +75,7 @@ pub async fn start(state: &AppState, start: Start) -> Result<Begun, GenerationEr
         idempotency_key,
         commit_after,
         hold,
+        reader_grace,
     } = start;
     let id = StreamId::new();
     let live = state.live.insert(id);
@@ -116,7 +120,7 @@ pub async fn start(state: &AppState, start: Start) -> Result<Begun, GenerationEr
             tasks: state.tasks.clone(),
             creation,
             live,
-            reader_grace: state.server.reader_grace(),
+            reader_grace: reader_grace.unwrap_or_else(|| state.server.reader_grace()),
             lease_ttl: state.lease_ttl,
             hard_stop: state.hard_stop.clone(),
             health: Arc::clone(&state.health),

@@ -144,6 +144,11 @@ async fn take_over_chat(state: AppState, id: StreamId, lease: Lease, live: Arc<c
         None
     };
     let request = stored_request(&meta.request);
+    let reader_grace = if super::runs_in_background(&meta.request) {
+        super::BACKGROUND_GRACE
+    } else {
+        state.server.reader_grace()
+    };
     let model = request
         .as_ref()
         .and_then(|(name, _)| state.models.get(name).cloned());
@@ -195,7 +200,7 @@ async fn take_over_chat(state: AppState, id: StreamId, lease: Lease, live: Arc<c
             meta, lease,
         )))),
         live,
-        reader_grace: state.server.reader_grace(),
+        reader_grace,
         lease_ttl: state.lease_ttl,
         hard_stop: state.hard_stop.clone(),
         health: Arc::clone(&state.health),

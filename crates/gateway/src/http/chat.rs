@@ -83,6 +83,7 @@ pub async fn create(
                 )
                 .await?,
         ),
+        reader_grace: None,
     };
     let (meta, serving) = match generation::start(&state, start).await? {
         Begun::New(meta, serving) => (meta, serving),
@@ -234,7 +235,11 @@ async fn assemble(
     Ok(completion)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The `Idempotency-Key` header, if any (1 to 255 visible ASCII characters).
+///
+/// # Errors
+/// 400 `invalid_idempotency_key`.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -276,6 +281,12 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, ApiError> {
         }
         Some(_) => return Err(field_error("messages", "must be a non-empty array")),
         None => return Err(field_error("messages", "is required")),
+    }
+    if object.contains_key(crate::responses::ENVELOPE_KEY) {
+        return Err(field_error(
+            crate::responses::ENVELOPE_KEY,
+            "is reserved for the gateway's own use",
+        ));
     }
     let stream = match object.remove("stream") {
         None | Some(Value::Null) => false,

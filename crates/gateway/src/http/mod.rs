@@ -9,6 +9,7 @@ pub mod hub;
 pub mod named;
 pub mod ops;
 pub mod render;
+pub mod responses;
 pub mod sessions;
 pub mod streams;
 pub mod usage;
@@ -35,6 +36,12 @@ pub fn routes(state: AppState) -> Router {
     let router = Router::new()
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/models", get(ops::models))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/streams/{id}", get(streams::resume))
         .route("/v1/streams/{id}/cancel", post(streams::cancel))

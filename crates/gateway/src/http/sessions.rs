@@ -336,6 +336,7 @@ pub async fn message(
                     )
                     .await?,
             ),
+            reader_grace: None,
         };
         match generation::start(&state, start).await? {
             Begun::New(answer, _) | Begun::Existing(answer) => Ok::<_, ApiError>(answer.id),

@@ -189,9 +189,32 @@ pub async fn cancel(
         )
         .into_response());
     }
+    Ok(match stop(&state, &meta).await? {
+        Stopped::Asked => cancelling(meta.id),
+        Stopped::Ended => axum::Json(
+            serde_json::json!({ "id": meta.id.to_string(), "state": StreamState::Cancelled }),
+        )
+        .into_response(),
+    })
+}
+
+/// How [`stop`] stopped an answer.
+pub enum Stopped {
+    /// Its writer (here or on another node) was asked to stop: it ends shortly.
+    Asked,
+    /// Nobody wrote it: it was ended `cancelled` here.
+    Ended,
+}
+
+/// Cancel the open chat stream `meta`, wherever its writer runs.
+///
+/// # Errors
+/// 409 `stream_busy` when another node is starting it and cannot be asked yet; storage
+/// errors.
+pub async fn stop(state: &AppState, meta: &StreamMeta) -> Result<Stopped, ApiError> {
     if let Some(live) = state.live.get(&meta.id) {
         live.cancel.raise();
-        return Ok(cancelling(meta.id));
+        return Ok(Stopped::Asked);
     }
     // Open but written by nobody here. This node before a restart is gone: its stream is
     // taken from it. Another node's live lease means that node writes it (a cancel
@@ -217,7 +240,7 @@ pub async fn cancel(
         // next token.
         Err(streamlog::LogError::LeaseHeld { .. }) => {
             return match state.log.request_cancel(meta.id).await {
-                Ok(()) => Ok(cancelling(meta.id)),
+                Ok(()) => Ok(Stopped::Asked),
                 Err(streamlog::LogError::InvalidArgument(_)) => Err(ApiError::conflict(
                     "stream_busy",
                     "the stream's answer is being started; try again",
@@ -225,6 +248,8 @@ pub async fn cancel(
                 Err(other) => Err(other.into()),
             };
         }
+        // Ended meanwhile.
+        Err(streamlog::LogError::AlreadyFinished { .. }) => return Ok(Stopped::Ended),
         Err(other) => return Err(other.into()),
     };
     generation::end_unwritten(
@@ -235,10 +260,7 @@ pub async fn cancel(
         StreamState::Cancelled,
     )
     .await?;
-    Ok(axum::Json(
-        serde_json::json!({ "id": meta.id.to_string(), "state": StreamState::Cancelled }),
-    )
-    .into_response())
+    Ok(Stopped::Ended)
 }
 
 /// 202: the writer was asked to stop.
