@@ -8,6 +8,11 @@
 //! The same tool measures the simulator directly and through the gateway, which is how
 //! docs/benchmarks-gateway.md compares them.
 //!
+//! `--api responses` asks `POST …/responses` (`"input"`, `"stream": true`) instead and
+//! counts `response.output_text.delta` events; `--api replay` first stores `--stored`
+//! responses, then measures `GET …/responses/{id}?stream=true&starting_after=N` of them
+//! (N: `--starting-after`): its TTFT is the time to the first replayed event.
+//!
 //! It is built not to be the bottleneck: one HTTP/1.1 client whose pool holds a connection
 //! per stream, a request body serialised once, the `sse` crate's incremental decoder fed
 //! straight from the body chunks, one clock reading per network read, and a token
@@ -24,6 +29,17 @@ use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
+/// Which API a request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// `POST …/chat/completions`.
+    Chat,
+    /// `POST …/responses`.
+    Responses,
+    /// `GET …/responses/{id}?stream=true&starting_after=N` of stored responses.
+    Replay,
+}
+
 /// Arguments of `unbroken bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,6 +47,15 @@ pub struct Args {
     /// ends in `/chat/completions` is used as it is).
     #[arg(long)]
     url: String,
+    /// Which API to measure.
+    #[arg(long, value_enum, default_value = "chat")]
+    pub api: Api,
+    /// With `--api replay`: how many responses to store first.
+    #[arg(long, default_value_t = 1000)]
+    pub stored: usize,
+    /// With `--api replay`: the `starting_after` of every read.
+    #[arg(long, default_value_t = 10)]
+    pub starting_after: u64,
     /// The model to ask.
     #[arg(long)]
     model: String,
@@ -132,14 +157,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let url = if args
-        .url
-        .trim_end_matches('/')
-        .ends_with("/chat/completions")
-    {
-        args.url.clone()
-    } else {
-        format!("{}/chat/completions", args.url.trim_end_matches('/'))
+    let base = args.url.trim_end_matches('/');
+    let url = match args.api {
+        Api::Chat if base.ends_with("/chat/completions") => base.to_owned(),
+        Api::Chat => format!("{base}/chat/completions"),
+        Api::Responses | Api::Replay => format!("{base}/responses"),
     };
     let key = match &args.api_key_env {
         Some(var) => {
@@ -162,17 +184,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .tcp_nodelay(true)
         .build()
         .context("building the HTTP client")?;
-    let body = bytes::Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "model": args.model,
-        "stream": true,
-        "messages": [{ "role": "user", "content": args.prompt }],
-    }))?);
-    let request = Arc::new(Target {
+    let body = bytes::Bytes::from(serde_json::to_vec(&match args.api {
+        Api::Chat => serde_json::json!({
+            "model": args.model,
+            "stream": true,
+            "messages": [{ "role": "user", "content": args.prompt }],
+        }),
+        Api::Responses | Api::Replay => serde_json::json!({
+            "model": args.model,
+            "stream": args.api == Api::Responses,
+            "input": args.prompt,
+        }),
+    })?);
+    let mut request = Target {
         client,
         url,
         body,
         key,
-    });
+        api: args.api,
+        replays: Vec::new(),
+        next: AtomicU64::new(0),
+    };
+    if args.api == Api::Replay {
+        request.replays =
+            store_responses(&request, args.stored, args.concurrency, args.starting_after).await?;
+    }
+    let request = Arc::new(request);
     let started = Arc::new(AtomicU64::new(0));
 
     if args.warmup {
@@ -238,6 +275,44 @@ struct Target {
     url: String,
     body: bytes::Bytes,
     key: Option<String>,
+    api: Api,
+    /// With `--api replay`: the URLs of the stored responses' replays, read in turn.
+    replays: Vec<String>,
+    next: AtomicU64,
+}
+
+/// Store `n` responses (`concurrency` at a time) and return the URLs replaying each after
+/// `starting_after`.
+async fn store_responses(
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+    starting_after: u64,
+) -> anyhow::Result<Vec<String>> {
+    let mut urls = Vec::with_capacity(n);
+    let mut storing = futures_util::stream::iter(0..n)
+        .map(|_| async {
+            let mut request = target
+                .client
+                .post(&target.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(target.body.clone());
+            if let Some(key) = &target.key {
+                request = request.bearer_auth(key);
+            }
+            let body = request.send().await?.error_for_status()?.bytes().await?;
+            let response: serde_json::Value = serde_json::from_slice(&body)?;
+            anyhow::Ok(response["id"].as_str().unwrap_or_default().to_owned())
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(id) = storing.next().await {
+        let id = id.context("storing a response to replay")?;
+        urls.push(format!(
+            "{}/{id}?stream=true&starting_after={starting_after}",
+            target.url
+        ));
+    }
+    Ok(urls)
 }
 
 /// One concurrent stream slot: requests one answer after another until the budget ends.
@@ -271,12 +346,20 @@ async fn worker(
 /// Make one streaming request and record what it measured into `samples`.
 async fn one_stream(target: &Target, samples: &mut Samples) {
     let sent = Instant::now();
-    let mut request = target
-        .client
-        .post(&target.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(reqwest::header::ACCEPT, "text/event-stream")
-        .body(target.body.clone());
+    let mut request = if target.api == Api::Replay {
+        let at = target.next.fetch_add(1, Ordering::Relaxed) as usize;
+        target
+            .client
+            .get(&target.replays[at % target.replays.len().max(1)])
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+    } else {
+        target
+            .client
+            .post(&target.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(target.body.clone())
+    };
     if let Some(key) = &target.key {
         request = request.bearer_auth(key);
     }
@@ -319,12 +402,21 @@ async fn one_stream(target: &Target, samples: &mut Samples) {
             let sse::Frame::Event(event) = frame else {
                 continue;
             };
-            if event.data == "[DONE]" {
+            let token = match target.api {
+                Api::Chat => has_content(&event.data),
+                Api::Responses => event.event == "response.output_text.delta",
+                // A replay's first event is its first token, whatever it is.
+                Api::Replay => true,
+            };
+            if event.data == "[DONE]"
+                || event.event == "response.completed"
+                || event.event == "response.incomplete"
+            {
                 done = true;
-            } else if event.data.starts_with("{\"error\"") {
+            } else if event.data.starts_with("{\"error\"") || event.event == "response.failed" {
                 samples.error("error event");
                 return;
-            } else if has_content(&event.data) {
+            } else if token {
                 tokens += 1;
                 match first {
                     None => {
