@@ -9,9 +9,14 @@ Reads UNBROKEN_URL and UNBROKEN_KEY; prints one `NAME=value` line per id:
 - ST_TOPIC: a topic with two events
 - ST_TASK_PROGRESS, ST_TASK_COMPLETE, ST_TASK_FAIL: open tasks for those reports
 - ST_TASK_EVENTS: a task with a progress report, completed (its events replay and end)
+- ST_RESPONSE: a finished response (its object; its events replay and end)
+- ST_RESPONSE_CANCEL: a background response on the slow model, still going when the fuzzer
+  cancels it
+- ST_RESPONSE_DELETE: a finished response, to delete (once; then 404)
 
 Every wait is for the gateway's own answer: an answer is awaited by reading its stream
-to the end, a session's by reading its channel up to the `complete` event.
+to the end, a session's by reading its channel up to the `complete` event, a response's
+by asking for it without `background` (answered once it ended).
 """
 
 import json
@@ -76,6 +81,14 @@ def end_session(name):
     sys.exit(f"prepare: the session {name} stayed answering")
 
 
+def finished_response(text):
+    """A response asked for without `background`: the answer comes once it ended."""
+    response, _ = json_of("POST", "/v1/responses", {"model": "sim", "input": text})
+    if response["status"] != "completed":
+        sys.exit(f"prepare: the response {response['id']} ended {response['status']}")
+    return response["id"]
+
+
 def main():
     ids = {}
     _, headers = json_of(
@@ -103,6 +116,13 @@ def main():
     task = ids["ST_TASK_EVENTS"]
     json_of("POST", f"/v1/tasks/{task}/progress", {"step": 1, "total": 2, "message": "half"})
     json_of("POST", f"/v1/tasks/{task}/complete", {"result": {"ok": True}})
+
+    ids["ST_RESPONSE"] = finished_response("Hello")
+    running, _ = json_of(
+        "POST", "/v1/responses", {"model": "slow", "input": "Hello", "background": True}
+    )
+    ids["ST_RESPONSE_CANCEL"] = running["id"]
+    ids["ST_RESPONSE_DELETE"] = finished_response("Goodbye")
 
     for name, value in ids.items():
         print(f"{name}={value}")

@@ -50,7 +50,7 @@ pub struct Args {
     /// Which API to measure.
     #[arg(long, value_enum, default_value = "chat")]
     pub api: Api,
-    /// With `--api replay`: how many responses to store first.
+    /// With `--api replay`: how many responses to store first (128 at a time).
     #[arg(long, default_value_t = 1000)]
     pub stored: usize,
     /// With `--api replay`: the `starting_after` of every read.
@@ -206,8 +206,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         next: AtomicU64::new(0),
     };
     if args.api == Api::Replay {
-        request.replays =
-            store_responses(&request, args.stored, args.concurrency, args.starting_after).await?;
+        request.replays = store_responses(&request, args.stored, 128, args.starting_after).await?;
     }
     let request = Arc::new(request);
     let started = Arc::new(AtomicU64::new(0));

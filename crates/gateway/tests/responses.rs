@@ -126,6 +126,12 @@ async fn every_read_of_a_response_numbers_its_events_alike_and_resumes_anywhere(
     assert_eq!(beyond.status(), 400);
     let error: Value = beyond.json().await.unwrap();
     assert_eq!(error["error"]["code"], "invalid_starting_after");
+    let largest = get(
+        &gateway,
+        &format!("/v1/responses/{id}?stream=true&starting_after={}", u64::MAX),
+    )
+    .await;
+    assert_eq!(largest.status(), 400);
 
     // The object is the terminal event's.
     let object: Value = get(&gateway, &format!("/v1/responses/{id}"))

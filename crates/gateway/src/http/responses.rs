@@ -86,7 +86,12 @@ fn model_of(meta: &StreamMeta) -> String {
 }
 
 fn new_view(meta: &StreamMeta, envelope: Envelope) -> View {
-    View::new(meta.id, meta.created_ms / 1000, &model_of(meta), envelope)
+    let model = if envelope.model.is_empty() {
+        model_of(meta)
+    } else {
+        envelope.model.clone()
+    };
+    View::new(meta.id, meta.created_ms / 1000, &model, envelope)
 }
 
 /// The view of `meta`'s stream fed with every record up to `last`, with the events
@@ -155,6 +160,7 @@ pub async fn create(
         ENVELOPE_KEY.into(),
         serde_json::to_value(&envelope).unwrap_or_default(),
     );
+    let envelope = envelope;
     let adapter = generation::adapter_request(chat.clone())
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
     let start = Start {
@@ -183,9 +189,10 @@ pub async fn create(
         reader_grace: background.then_some(generation::BACKGROUND_GRACE),
     };
     let meta = match generation::start(&state, start).await? {
-        Begun::New(meta, _) | Begun::Existing(meta) => meta,
+        Begun::New(meta, _) => meta,
+        // Attached by its Idempotency-Key: the same body, so the same envelope.
+        Begun::Existing(meta) => meta,
     };
-    let envelope = envelope_of(&meta).unwrap_or_default();
     if parsed.stream {
         return events(&state, &principal, meta, envelope, None).await;
     }
@@ -271,9 +278,9 @@ async fn events(
     // known before the response starts); the rest follows live.
     let mut prelude = Vec::new();
     let view = replay(state, &meta, envelope, after, &mut prelude).await?;
+    // The last event's own number is fine (nothing left, or what follows live).
     if let Some(after) = after
         && after >= view.next_number()
-        && !(view.ended() && after + 1 == view.next_number())
     {
         return Err(ApiError::bad_request(
             "invalid_starting_after",

@@ -25,6 +25,9 @@ pub const ENVELOPE_KEY: &str = "unbroken_response";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct Envelope {
+    /// The client-facing model (the stored chat body has it too; kept here so a view
+    /// needs no second parse).
+    pub model: String,
     /// `instructions`, as given (a system message first in the chat request).
     pub instructions: Option<String>,
     /// `metadata`: up to 16 string values.

@@ -152,6 +152,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         Some(_) => return Err(field_error("truncation", "must be auto or disabled")),
     };
     let envelope = Envelope {
+        model: model.as_str().unwrap_or_default().to_owned(),
         instructions: text_of(&object, "", "instructions")?.map(str::to_owned),
         metadata: metadata(given(&object, "metadata"))?,
         tools: tools.into_iter().map(|tool| tool.echo).collect(),

@@ -305,6 +305,43 @@ impl View {
         self.next
     }
 
+    /// A text delta while a message item is open (nearly every record of an answer),
+    /// written as SSE straight into `out` when numbered above `after`: the same event
+    /// [`View::record`] yields, with its keys in the same (sorted) order, but without a
+    /// JSON tree per token. False, having done nothing, when the record needs the general
+    /// path.
+    fn text_in_place(&mut self, delta: &str, after: Option<u64>, out: &mut Vec<u8>) -> bool {
+        if self.end.is_some() || !self.started || delta.is_empty() {
+            return false;
+        }
+        let Some(index) = self.message else {
+            return false;
+        };
+        let item = &mut self.items[index];
+        let ItemKind::Message { text } = &mut item.kind else {
+            return false;
+        };
+        text.push_str(delta);
+        let number = self.next;
+        self.next += 1;
+        if after.is_some_and(|after| number <= after) {
+            return true;
+        }
+        // Writing to a Vec cannot fail; JSON escaping leaves no line break in the data.
+        out.extend_from_slice(b"event: response.output_text.delta\nid: ");
+        push_number(out, number);
+        out.extend_from_slice(b"\ndata: {\"content_index\":0,\"delta\":");
+        let _ = serde_json::to_writer(&mut *out, delta);
+        out.extend_from_slice(b",\"item_id\":");
+        let _ = serde_json::to_writer(&mut *out, &item.id);
+        out.extend_from_slice(b",\"logprobs\":[],\"output_index\":");
+        push_number(out, index as u64);
+        out.extend_from_slice(b",\"sequence_number\":");
+        push_number(out, number);
+        out.extend_from_slice(b",\"type\":\"response.output_text.delta\"}\n\n");
+        true
+    }
+
     /// Push event `kind` with the fields of `event` (an object), numbered.
     fn emit(&mut self, out: &mut Vec<(u64, Value)>, kind: &str, mut event: Value) {
         let number = self.next;
@@ -529,20 +566,34 @@ fn error_code(code: &str) -> &'static str {
     }
 }
 
+/// Append `n` in decimal, without the formatting machinery (once or twice per token).
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0_u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Append event number `number` (as [`View::record`] yields it) as SSE: `event: <type>`,
 /// `id: <number>`, one `data:` line of compact JSON (it has no raw line break).
 pub fn write_event(out: &mut Vec<u8>, number: u64, event: &Value) {
+    use std::io::Write as _;
+    // The type is one of this module's constants, and compact JSON escapes every line
+    // break, so the event needs no further framing checks: it is serialised in place.
     let kind = event["type"].as_str().unwrap_or_default();
-    let written = sse::write_event(
-        out,
-        Some(kind),
-        Some(&number.to_string()),
-        &event.to_string(),
-    );
-    if let Err(error) = written {
-        // Event types are constants without line breaks; this cannot happen.
-        tracing::error!(%error, number, "Responses event not renderable");
-    }
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "\nid: {number}\ndata: ");
+    let _ = serde_json::to_writer(&mut *out, event);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// A `Render` (crate::http::render::Render) of a response's stream as SSE: `event: <type>`,
@@ -572,6 +623,11 @@ impl ResponseEvents {
 
 impl Render for ResponseEvents {
     fn record(&mut self, _seq: Seq, record: &Record, out: &mut Vec<u8>) {
+        if let Record::Text { text } = record
+            && self.view.text_in_place(text, self.after, out)
+        {
+            return;
+        }
         self.view.record(record, &mut self.events);
         let after = self.after;
         for (number, event) in self.events.drain(..) {

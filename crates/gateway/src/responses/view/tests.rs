@@ -456,3 +456,32 @@ fn a_replay_after_n_yields_the_same_events_above_n() {
     assert_eq!(resumed, full[5..]);
     assert!(render(Some(12)).is_empty());
 }
+
+/// The SSE of text deltas written in place is byte for byte what the general path writes.
+#[test]
+fn text_deltas_in_place_are_the_events_of_the_general_path() {
+    let records = [
+        text("He said \"hi\"\n"),
+        text("and é, \u{1f600}, \\ and </script>"),
+        text(""),
+        text("more"),
+        finish("stop"),
+    ];
+    let id = StreamId::new();
+    let mut fast = ResponseEvents::new(View::new(id, 7, "m", envelope(false)), None);
+    let mut fast_out = Vec::new();
+    let mut slow = View::new(id, 7, "m", envelope(false));
+    let mut slow_out = Vec::new();
+    for (seq, record) in (1..).zip(&records) {
+        fast.record(seq, record, &mut fast_out);
+        let mut events = Vec::new();
+        slow.record(record, &mut events);
+        for (number, event) in events {
+            write_event(&mut slow_out, number, &event);
+        }
+    }
+    assert_eq!(
+        String::from_utf8(fast_out).unwrap(),
+        String::from_utf8(slow_out).unwrap()
+    );
+}
