@@ -90,6 +90,36 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Take one `what` for `principal` under its `[limits]` cap (answers generating or
+    /// readers open), released when the hold is dropped.
+    ///
+    /// # Errors
+    /// 429 `too_many_streams` / `too_many_readers`; 503 when Redis cannot be reached.
+    pub async fn hold(
+        &self,
+        what: crate::limits::Held,
+        principal: &Principal,
+    ) -> Result<crate::limits::Hold, crate::error::ApiError> {
+        let max = match what {
+            crate::limits::Held::Streams => self.limits.max_streams_per_principal,
+            crate::limits::Held::Readers => self.limits.max_readers_per_principal,
+        };
+        self.holdings.take(what, principal, max).await
+    }
+
+    /// Whether `principal` may ask for an answer now: the `chat` scope, its requests and
+    /// tokens per minute (one request is spent).
+    ///
+    /// # Errors
+    /// 403 `insufficient_scope`; 429 `rate_limited` / `tokens_rate_limited`.
+    pub async fn admit_answer(&self, principal: &Principal) -> Result<(), crate::error::ApiError> {
+        principal.require(crate::auth::Scope::Chat)?;
+        self.rates
+            .admit(principal, self.limits.requests_per_minute.into(), true)
+            .await?;
+        self.ledger.admit(principal).await
+    }
+
     /// Whether requests must authenticate (API keys or tokens are configured).
     pub fn auth_enabled(&self) -> bool {
         self.keys.enabled()

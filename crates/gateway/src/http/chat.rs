@@ -17,7 +17,7 @@ use providers::ChatRequest;
 use serde_json::Value;
 use streamlog::{Record, StreamId, StreamMeta};
 
-use crate::auth::{Principal, Scope};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::generation::{self, Begun, Start};
 use crate::http::body::{self, STREAM_ID_HEADER};
@@ -45,12 +45,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::Chat)?;
-    state
-        .rates
-        .admit(&principal, state.limits.requests_per_minute.into(), true)
-        .await?;
-    state.ledger.admit(&principal).await?;
+    state.admit_answer(&principal).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let call = parse(&body)?;
     let model = state.models.get(&call.model).cloned().ok_or_else(|| {
@@ -73,16 +68,7 @@ pub async fn create(
         body,
         idempotency_key,
         commit_after: call.stream.then(|| state.server.heartbeat_interval()),
-        hold: Some(
-            state
-                .holdings
-                .take(
-                    Held::Streams,
-                    &principal,
-                    state.limits.max_streams_per_principal,
-                )
-                .await?,
-        ),
+        hold: Some(state.hold(Held::Streams, &principal).await?),
         reader_grace: None,
     };
     let (meta, serving) = match generation::start(&state, start).await? {
@@ -118,16 +104,7 @@ async fn answer(
             call.include_usage,
         );
         let mut options = body::options(state);
-        options.hold = Some(
-            state
-                .holdings
-                .take(
-                    Held::Readers,
-                    principal,
-                    state.limits.max_readers_per_principal,
-                )
-                .await?,
-        );
+        options.hold = Some(state.hold(Held::Readers, principal).await?);
         options.shutdown = ends_at;
         return Ok(body::response(meta.id, records, render, options, guard));
     }

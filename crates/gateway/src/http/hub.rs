@@ -338,16 +338,7 @@ pub async fn subscribe(
     let (after, reset) =
         named::start(&headers, &meta, otherwise, meta.first_seq.saturating_sub(1))?;
     let mut options = body::options(&state);
-    options.hold = Some(
-        state
-            .holdings
-            .take(
-                Held::Readers,
-                &principal,
-                state.limits.max_readers_per_principal,
-            )
-            .await?,
-    );
+    options.hold = Some(state.hold(Held::Readers, &principal).await?);
     if reset {
         named::reset_event(&mut options.prelude);
     }
@@ -581,16 +572,7 @@ pub async fn task_events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let mut options = body::options(&state);
-    options.hold = Some(
-        state
-            .holdings
-            .take(
-                Held::Readers,
-                &principal,
-                state.limits.max_readers_per_principal,
-            )
-            .await?,
-    );
+    options.hold = Some(state.hold(Held::Readers, &principal).await?);
     let _ = sse::write_event(
         &mut options.prelude,
         Some("task_status"),

@@ -124,12 +124,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::Chat)?;
-    state
-        .rates
-        .admit(&principal, state.limits.requests_per_minute.into(), true)
-        .await?;
-    state.ledger.admit(&principal).await?;
+    state.admit_answer(&principal).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     let parsed = request::parse(&body)?;
     let model = state.models.get(&parsed.model).cloned().ok_or_else(|| {
@@ -176,16 +171,7 @@ pub async fn create(
         } else {
             parsed.stream.then(|| state.server.heartbeat_interval())
         },
-        hold: Some(
-            state
-                .holdings
-                .take(
-                    Held::Streams,
-                    &principal,
-                    state.limits.max_streams_per_principal,
-                )
-                .await?,
-        ),
+        hold: Some(state.hold(Held::Streams, &principal).await?),
         reader_grace: background.then_some(generation::BACKGROUND_GRACE),
     };
     let meta = match generation::start(&state, start).await? {
@@ -264,16 +250,7 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let guard = state.live.attach(&meta.id);
     let mut options = body::options(state);
-    options.hold = Some(
-        state
-            .holdings
-            .take(
-                Held::Readers,
-                principal,
-                state.limits.max_readers_per_principal,
-            )
-            .await?,
-    );
+    options.hold = Some(state.hold(Held::Readers, principal).await?);
     // What the log holds now is replayed into the prelude (so an `after` beyond it is
     // known before the response starts); the rest follows live.
     let mut prelude = Vec::new();

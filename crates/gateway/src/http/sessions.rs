@@ -213,16 +213,7 @@ pub async fn events(
     }
     let records = state.log.read(meta.id, after).await?;
     let mut options = body::options(&state);
-    options.hold = Some(
-        state
-            .holdings
-            .take(
-                Held::Readers,
-                &principal,
-                state.limits.max_readers_per_principal,
-            )
-            .await?,
-    );
+    options.hold = Some(state.hold(Held::Readers, &principal).await?);
     let connected = json!({ "sessionId": id }).to_string();
     let _ = sse::write_event(&mut options.prelude, Some("connected"), None, &connected);
     if reset {
@@ -240,12 +231,7 @@ pub async fn message(
     ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::Chat)?;
-    state
-        .rates
-        .admit(&principal, state.limits.requests_per_minute.into(), true)
-        .await?;
-    state.ledger.admit(&principal).await?;
+    state.admit_answer(&principal).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.server.max_body_bytes))?;
     crate::http::budget::check(&body)?;
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
@@ -326,16 +312,7 @@ pub async fn message(
             body: Bytes::from(Value::Object(request_json).to_string()),
             idempotency_key: None,
             commit_after: None,
-            hold: Some(
-                state
-                    .holdings
-                    .take(
-                        Held::Streams,
-                        &principal,
-                        state.limits.max_streams_per_principal,
-                    )
-                    .await?,
-            ),
+            hold: Some(state.hold(Held::Streams, &principal).await?),
             reader_grace: None,
         };
         match generation::start(&state, start).await? {

@@ -115,16 +115,7 @@ pub async fn resume(
     let Reading { records, ends_at } = generation::reader(&state, &meta, from).await?;
     let guard = state.live.attach(&meta.id);
     let mut options = body::options(&state);
-    options.hold = Some(
-        state
-            .holdings
-            .take(
-                Held::Readers,
-                &principal,
-                state.limits.max_readers_per_principal,
-            )
-            .await?,
-    );
+    options.hold = Some(state.hold(Held::Readers, &principal).await?);
     options.shutdown = ends_at;
     Ok(if openai {
         let finished_before = meta.state == StreamState::Finished && after >= meta.last_seq;
