@@ -32,6 +32,17 @@ async fn chat(gateway: &Gateway, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A whole answer of the model `quick`.
+async fn quick(gateway: &Gateway, key: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(key)
+        .json(&chat_body("quick", false))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_principal_may_generate_only_so_many_answers_at_once() {
     let gateway = Gateway::start(&config("max_streams_per_principal = 2")).await;
@@ -149,27 +160,15 @@ async fn a_principal_may_ask_only_so_many_times_a_minute() {
         "requests_per_minute = 2\n[[models]]\nname = \"quick\"\ntargets = [{ provider = \"simulator\", tokens = 2 }]",
     ))
     .await;
-    let ask = |key: &'static str| {
-        let url = format!("{}/v1/chat/completions", gateway.url);
-        async move {
-            http()
-                .post(url)
-                .bearer_auth(key)
-                .json(&chat_body("quick", false))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(ask("alice-key").await.status(), 200);
-    assert_eq!(ask("alice-key").await.status(), 200);
-    let third = ask("alice-key").await;
+    assert_eq!(quick(&gateway, "alice-key").await.status(), 200);
+    assert_eq!(quick(&gateway, "alice-key").await.status(), 200);
+    let third = quick(&gateway, "alice-key").await;
     assert_eq!(third.status(), 429);
     // Two a minute: the next one in 30 s.
     assert_eq!(third.headers()["retry-after"], "30");
     let error: Value = third.json().await.unwrap();
     assert_eq!(error["error"]["code"], "rate_limited");
-    assert_eq!(ask("bob-key").await.status(), 200);
+    assert_eq!(quick(&gateway, "bob-key").await.status(), 200);
 }
 
 #[tokio::test]
@@ -178,26 +177,14 @@ async fn a_principal_may_spend_only_so_many_tokens_a_minute() {
         "tokens_per_minute = 30\n[[models]]\nname = \"quick\"\ntargets = [{ provider = \"simulator\", tokens = 40 }]",
     ))
     .await;
-    let ask = |key: &'static str| {
-        let url = format!("{}/v1/chat/completions", gateway.url);
-        async move {
-            http()
-                .post(url)
-                .bearer_auth(key)
-                .json(&chat_body("quick", false))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
     // The first answer is admitted with 30 tokens left and spends more than 40.
-    let first = ask("alice-key").await;
+    let first = quick(&gateway, "alice-key").await;
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
     let spent = first["usage"]["total_tokens"].as_u64().unwrap();
     assert!(spent > 40, "{first}");
     gateway.settle().await;
-    let refused = ask("alice-key").await;
+    let refused = quick(&gateway, "alice-key").await;
     assert_eq!(refused.status(), 429);
     // In debt by spent - 30; at 30 a minute, one token back takes 2 s each.
     let wait: u64 = refused.headers()["retry-after"]
@@ -211,7 +198,7 @@ async fn a_principal_may_spend_only_so_many_tokens_a_minute() {
     );
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], "tokens_rate_limited");
-    assert_eq!(ask("bob-key").await.status(), 200);
+    assert_eq!(quick(&gateway, "bob-key").await.status(), 200);
 }
 
 #[tokio::test]
