@@ -251,6 +251,13 @@ async fn events(
     let guard = state.live.attach(&meta.id);
     let mut options = body::options(state);
     options.hold = Some(state.hold(Held::Readers, principal).await?);
+    if after.is_none() {
+        // Every event: the reader renders the stream from its first record.
+        let generation::Reading { records, ends_at } = generation::reader(state, &meta, 0).await?;
+        options.shutdown = ends_at;
+        let render = ResponseEvents::new(new_view(&meta, envelope), None);
+        return Ok(body::response(meta.id, records, render, options, guard));
+    }
     // What the log holds now is replayed into the prelude (so an `after` beyond it is
     // known before the response starts); the rest follows live.
     let mut prelude = Vec::new();
