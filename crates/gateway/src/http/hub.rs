@@ -29,7 +29,7 @@ use crate::http::named;
 use crate::http::render::Events;
 use crate::limits::Held;
 use crate::state::AppState;
-use crate::writers::{find_named_stream, namespace};
+use crate::writers::namespace;
 
 /// The body as a JSON object or array; an empty body is `{}` (nothing to say).
 fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
@@ -86,39 +86,21 @@ async fn topic(state: &AppState, name: &str, create: bool) -> Result<StreamMeta,
             "a topic name is 1 to 128 of A-Z a-z 0-9 _ -",
         ));
     }
-    let found = find_named_stream(
-        state.log.as_ref(),
+    let meta = named::find_or_create(
+        state,
         namespace::TOPIC.into(),
         name,
         StreamKind::Topic,
+        (namespace::SYSTEM, state.topics.max_topics),
+        create,
     )
-    .await?;
-    let meta = match found {
-        Some(meta) => meta,
-        None if create => {
-            crate::idle::check_quota(
-                state.log.as_ref(),
-                namespace::SYSTEM,
-                StreamKind::Topic,
-                state.topics.max_topics,
-            )
-            .await?;
-            named::stream(
-                state,
-                namespace::TOPIC.into(),
-                name,
-                StreamKind::Topic,
-                namespace::SYSTEM,
-            )
-            .await?
-        }
-        None => {
-            return Err(ApiError::not_found(
-                "topic_not_found",
-                "no such topic: nothing was published to it",
-            ));
-        }
-    };
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "topic_not_found",
+            "no such topic: nothing was published to it",
+        )
+    })?;
     state
         .known_topics
         .lock()

@@ -77,16 +77,31 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// The stream called `name` in `namespace`, created (owned by `owner`) on first use.
+/// The stream called `name` in `namespace`: the existing one, or with `create` a new one
+/// owned by `owner` — unless `owner` has `max_open` open streams of `kind` already (0: no
+/// limit). `None` when it does not exist and `create` is false.
 ///
 /// # Errors
-/// Storage errors.
-pub async fn stream(
+/// 429 from the quota (`crate::idle::check_quota`); storage errors.
+pub async fn find_or_create(
     state: &AppState,
     namespace: String,
     name: &str,
     kind: StreamKind,
-    owner: &str,
-) -> Result<StreamMeta, ApiError> {
-    Ok(crate::writers::named_stream(state.log.as_ref(), namespace, name, kind, owner).await?)
+    (owner, max_open): (&str, u64),
+    create: bool,
+) -> Result<Option<StreamMeta>, ApiError> {
+    let log = state.log.as_ref();
+    if let Some(meta) =
+        crate::writers::find_named_stream(log, namespace.clone(), name, kind).await?
+    {
+        return Ok(Some(meta));
+    }
+    if !create {
+        return Ok(None);
+    }
+    crate::idle::check_quota(log, owner, kind, max_open).await?;
+    Ok(Some(
+        crate::writers::named_stream(log, namespace, name, kind, owner).await?,
+    ))
 }

@@ -25,7 +25,7 @@ use crate::http::named;
 use crate::http::render::Events;
 use crate::limits::Held;
 use crate::state::AppState;
-use crate::writers::{find_named_stream, namespace};
+use crate::writers::namespace;
 
 /// The session `id` of `principal`: with `create`, made on first use (a POST); without,
 /// 404 when it does not exist.
@@ -43,34 +43,16 @@ async fn session(
     }
     let not_found = || ApiError::not_found("session_not_found", "no such session");
     let namespace = namespace::session(principal.as_str());
-    let found = find_named_stream(
-        state.log.as_ref(),
-        namespace.clone(),
+    let meta = named::find_or_create(
+        state,
+        namespace,
         id,
         StreamKind::Session,
+        (principal.as_str(), state.sessions.max_open_per_principal),
+        create,
     )
-    .await?;
-    let meta = match found {
-        Some(meta) => meta,
-        None if create => {
-            crate::idle::check_quota(
-                state.log.as_ref(),
-                principal.as_str(),
-                StreamKind::Session,
-                state.sessions.max_open_per_principal,
-            )
-            .await?;
-            named::stream(
-                state,
-                namespace,
-                id,
-                StreamKind::Session,
-                principal.as_str(),
-            )
-            .await?
-        }
-        None => return Err(not_found()),
-    };
+    .await?
+    .ok_or_else(not_found)?;
     if meta.owner != principal.as_str() {
         return Err(not_found());
     }
