@@ -6,6 +6,7 @@
 """
 
 import os
+import uuid
 
 import schemathesis
 from schemathesis.core.parameters import ParameterLocation
@@ -57,3 +58,17 @@ def _delete_prepared_response(case):
 def before_call(context, case, kwargs):
     if case.operation.label == "DELETE /v1/responses/{id}":
         _delete_prepared_response(case)
+    elif case.operation.label == "POST /v1/responses":
+        _fresh_idempotency_key(kwargs)
+
+
+# An Idempotency-Key the generator drew before attaches a create to the response it
+# started, and that one may have been deleted since (the stateful phase deletes what it
+# creates): the "created" response then reads 404. Each create gets a key of its own, of
+# the same form, so a create is always a new response. Only the request sent changes (the
+# case itself stays as drawn, so it is judged as drawn).
+def _fresh_idempotency_key(kwargs):
+    headers = kwargs.get("headers") or {}
+    for name in list(headers):
+        if name.lower() == "idempotency-key":
+            headers[name] = uuid.uuid4().hex
